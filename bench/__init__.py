@@ -1,0 +1,1 @@
+"""Benchmarks users run against the appliance (``oca bench ...``)."""

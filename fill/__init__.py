@@ -1,0 +1,1 @@
+"""The fill agent: nightly push fill, eviction and tier placement (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""Tiered object storage: disks, placement, the persistent inventory."""

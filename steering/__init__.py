@@ -1,0 +1,1 @@
+"""The control-plane steering service (see DESIGN.md)."""
