@@ -237,7 +237,9 @@ def _validate(cfg: Config) -> None:
     for i, a in enumerate(cfg.tls.listen):
         parse_listen(a, f"tls.listen[{i}]")
     if cfg.tls.listen and not (cfg.tls.cert_file and cfg.tls.key_file):
-        raise ConfigError("tls.cert_file", "tls.listen is set, so cert_file and key_file are required")
+        raise ConfigError(
+            "tls.cert_file", "tls.listen is set, so cert_file and key_file are required"
+        )
     if not cfg.server.listen and not cfg.tls.listen:
         raise ConfigError("server.listen", "no listener: set server.listen or tls.listen")
     if not cfg.storage.tiers:
@@ -265,7 +267,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"auth.keys[{i}].id", f"duplicate key id {k.id!r}")
         ids.add(k.id)
     if cfg.auth.signing_key_id and not cfg.auth.keys_file and cfg.auth.signing_key_id not in ids:
-        raise ConfigError("auth.signing_key_id", f"{cfg.auth.signing_key_id!r} is not among auth.keys")
+        raise ConfigError(
+            "auth.signing_key_id", f"{cfg.auth.signing_key_id!r} is not among auth.keys"
+        )
 
 
 def _validate_key(k: AuthKey, key: str) -> None:
@@ -276,7 +280,9 @@ def _validate_key(k: AuthKey, key: str) -> None:
     except ValueError:
         raise ConfigError(f"{key}.secret", "must be hex") from None
     if len(raw) < 32:
-        raise ConfigError(f"{key}.secret", f"must be at least 32 bytes (64 hex digits), got {len(raw)}")
+        raise ConfigError(
+            f"{key}.secret", f"must be at least 32 bytes (64 hex digits), got {len(raw)}"
+        )
 
 
 def load_auth_keys(cfg: AuthConfig) -> tuple[AuthKey, ...]:
@@ -287,12 +293,16 @@ def load_auth_keys(cfg: AuthConfig) -> tuple[AuthKey, ...]:
             with open(cfg.keys_file, "rb") as fh:
                 data = tomllib.load(fh)
         except OSError as exc:
-            raise ConfigError("auth.keys_file", f"cannot read {cfg.keys_file}: {exc.strerror}") from None
+            raise ConfigError(
+                "auth.keys_file", f"cannot read {cfg.keys_file}: {exc.strerror}"
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("auth.keys_file", f"{cfg.keys_file}: {exc}") from None
         extra = set(data) - {"keys"}
         if extra:
-            raise ConfigError("auth.keys_file", f"unknown key {sorted(extra)[0]!r} in {cfg.keys_file}")
+            raise ConfigError(
+                "auth.keys_file", f"unknown key {sorted(extra)[0]!r} in {cfg.keys_file}"
+            )
         file_keys = _convert(data.get("keys", []), tuple[AuthKey, ...], "keys_file.keys")
         for i, k in enumerate(file_keys):
             _validate_key(k, f"keys_file.keys[{i}]")

@@ -47,3 +47,11 @@ class TokenError(OcaError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class CapacityExceeded(StorageError):
+    """No healthy disk of the tier has room for the object within its capacity."""
+
+
+class InventoryCorrupt(StorageError):
+    """A disk's inventory file cannot be parsed or fails validation."""

@@ -1,0 +1,56 @@
+# Two entry points a newcomer needs (see README): `make demo` and `make test`.
+# Both create the virtualenv, install the package with its test extras and the
+# Debian packages the tests and benchmarks use; every step is idempotent.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+APT_PACKAGES := nginx-light wrk iproute2 procps curl
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow lint typecheck bench-serve system-deps venv clean
+
+demo: venv
+	$(BIN)/oca demo
+
+test: venv system-deps
+	$(BIN)/python -m pytest -q
+
+test-slow: venv system-deps
+	$(BIN)/python -m pytest -q -m slow
+
+lint: venv
+	$(BIN)/ruff check oca fill steering bench tests
+	$(BIN)/ruff format --check oca fill steering bench tests
+
+typecheck: venv
+	$(BIN)/mypy
+
+bench-serve: venv system-deps
+	$(BIN)/oca bench serve
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null \
+		|| $(MAKE) --no-print-directory apt-install PKGS="python3-venv python3-dev gcc"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+# Installs only what is missing; needs root (or sudo) only when something is.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then $(MAKE) --no-print-directory apt-install PKGS="$$missing"; fi
+
+apt-install:
+	@if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	echo "installing Debian packages:$(PKGS)"; \
+	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(PKGS) >/dev/null
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,203 @@
+"""The ``oca`` command line: one console script, many subcommands.
+
+Exit codes: 0 success, 1 the operation failed (e.g. verify found bad objects),
+2 bad usage or bad configuration, 3 startup failure (cannot bind, cannot open store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from oca import __version__
+from oca.config import Config, config_to_dict, load_auth_keys, load_config, parse_listen
+from oca.errors import ConfigError, OcaError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_STARTUP = 0, 1, 2, 3
+
+log = logging.getLogger("oca.cli")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-c", "--config", required=required, help="appliance TOML config file")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective configuration as JSON and exit")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="oca", description="Video edge cache appliance.")
+    ap.add_argument("--version", action="version", version=f"oca {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the appliance data plane (foreground)")
+    _add_config(p)
+    p.add_argument("--workers", type=int, help="override server.workers")
+    p.add_argument("--listen", action="append", help="override server.listen (repeatable)")
+
+    st = sub.add_parser("store", help="inspect and load the object store")
+    ssub = st.add_subparsers(dest="store_command", required=True, metavar="ACTION")
+    p = ssub.add_parser("import", help="load a local tree into the store")
+    _add_config(p)
+    p.add_argument("directory")
+    p.add_argument("--tier", help="place on this tier (default: the first)")
+    p = ssub.add_parser("ls", help="list stored objects")
+    _add_config(p)
+    p.add_argument("--json", action="store_true")
+    p = ssub.add_parser("verify", help="re-hash every object; quarantine mismatches")
+    _add_config(p)
+    p.add_argument("--no-quarantine", action="store_true", help="report only")
+
+    p = sub.add_parser("sign", help="print a signed URL for PATH on this appliance")
+    _add_config(p)
+    p.add_argument("path")
+    p.add_argument(
+        "--ttl", type=int, help="seconds until expiry (default auth.default_ttl_seconds)"
+    )
+    p.add_argument("--client", help="bind the token to this client IP or CIDR prefix")
+    p.add_argument("--prefix", help="path prefix the token covers (default: PATH's directory)")
+    p.add_argument("--key-id", help="signing key id (default auth.signing_key_id or first key)")
+    p.add_argument("--base-url", help="scheme://host:port to put in front (default: listener)")
+
+    p = sub.add_parser("demo", help="serve a generated sample title on 127.0.0.1")
+    p.add_argument("--dir", default="", help="working directory (default: a temporary one)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (0 = any free port)")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--print-configs", action="store_true", help="print the generated config")
+
+    b = sub.add_parser("bench", help="benchmarks (see bench/)")
+    bsub = b.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
+    p = bsub.add_parser("serve", help="serving throughput against nginx", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return ap
+
+
+def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Config:
+    return load_config(args.config, overrides=overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"oca: bad configuration: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OcaError as exc:
+        print(f"oca: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "bench":
+        from bench.serve import main as bench_main
+
+        return bench_main(args.args)
+    if cmd == "demo":
+        from oca.demo import run_demo
+
+        return run_demo(args.dir, args.port, args.workers, args.print_configs)
+    overrides: dict[str, Any] = {}
+    if cmd == "serve":
+        if args.workers is not None:
+            overrides["server.workers"] = args.workers
+        if args.listen:
+            overrides["server.listen"] = args.listen
+    cfg = _load(args, overrides)
+    if getattr(args, "print_config", False):
+        sys.stdout.write(orjson.dumps(config_to_dict(cfg), option=orjson.OPT_INDENT_2).decode())
+        sys.stdout.write("\n")
+        return EXIT_OK
+    _setup_logging(cfg.server.log_level)
+    if cmd == "serve":
+        from oca.server.supervisor import run_server
+
+        if not cfg.auth.keys and not cfg.auth.keys_file:
+            log.warning("NO [auth] KEYS CONFIGURED: serving every object to anyone without "
+                        "a signed URL; configure [auth] keys for production")  # fmt: skip
+        return run_server(cfg, overrides)
+    if cmd == "store":
+        from oca.storage import commands
+
+        if args.store_command == "import":
+            return commands.run_import(cfg.storage, args.directory, sys.stdout, tier=args.tier)
+        if args.store_command == "ls":
+            return commands.run_ls(cfg.storage, sys.stdout, as_json=args.json)
+        return commands.run_verify(cfg.storage, sys.stdout, quarantine=not args.no_quarantine)
+    if cmd == "sign":
+        return _sign(cfg, args)
+    raise AssertionError(cmd)  # pragma: no cover
+
+
+def _sign(cfg: Config, args: argparse.Namespace) -> int:
+    from oca.auth.tokens import signed_path
+
+    keys = load_auth_keys(cfg.auth)
+    if not keys:
+        raise ConfigError("auth.keys", "no signing keys configured; `oca sign` needs [auth] keys")
+    kid = args.key_id or cfg.auth.signing_key_id or keys[0].id
+    by_id = {k.id: k for k in keys}
+    if kid not in by_id:
+        raise ConfigError("auth.signing_key_id", f"key {kid!r} is not configured")
+    if not args.path.startswith("/"):
+        print("oca sign: PATH must start with /", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.client:
+        try:
+            ipaddress.ip_network(args.client, strict=False)
+        except ValueError:
+            print(f"oca sign: --client {args.client!r} is not an IP address or prefix",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_CONFIG
+    ttl = args.ttl if args.ttl is not None else cfg.auth.default_ttl_seconds
+    if ttl <= 0:
+        print("oca sign: --ttl must be positive", file=sys.stderr)
+        return EXIT_CONFIG
+    expires = int(time.time()) + ttl
+    path = signed_path(kid, bytes.fromhex(by_id[kid].secret), args.path, expires,
+                       prefix=args.prefix, client=args.client)  # fmt: skip
+    print(_base_url(cfg, args.base_url) + path)
+    return EXIT_OK
+
+
+def _base_url(cfg: Config, explicit: str | None) -> str:
+    if explicit:
+        return explicit.rstrip("/")
+    if cfg.auth.public_url:
+        return cfg.auth.public_url.rstrip("/")
+    run = os.path.join(cfg.server.state_dir, "run", "listeners.json")
+    try:
+        with open(run, "rb") as fh:
+            for item in orjson.loads(fh.read())["listeners"]:
+                if item["kind"] in ("http", "https"):
+                    return str(item["url"])
+    except (OSError, ValueError, KeyError):
+        pass
+    if cfg.server.listen:
+        host, port = parse_listen(cfg.server.listen[0])
+        return f"http://{host}:{port}"
+    host, port = parse_listen(cfg.tls.listen[0])
+    return f"https://{host}:{port}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The data-plane server: supervisor, workers, the HTTP protocol and send path."""

@@ -1,0 +1,302 @@
+"""Routing one parsed request to a response: content, CORS preflight, internal endpoints.
+
+This module decides; it does not send. Content requests go through, in order:
+request-target normalisation (traversal rejected before any filesystem access),
+token verification when keys are configured, the inventory lookup, the open-file
+cache, and the RFC 9110 decision of :mod:`oca.http.semantics`. When the descriptor
+is not cached, :meth:`ContentHandler.handle` returns :class:`NeedsOpen` and the
+protocol opens the file in the I/O pool, then asks again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from oca.auth.tokens import TokenVerifier, split_token_path
+from oca.errors import TokenError
+from oca.http.dates import format_http_date
+from oca.http.mime import content_type_for, is_manifest
+from oca.http.paths import PathRejected, normalize_target
+from oca.http.semantics import (
+    Conditions,
+    Representation,
+    content_range,
+    decide,
+    multipart_plan,
+    unsatisfied_range,
+)
+from oca.server.files import OpenFile
+from oca.server.response import STATUS_LINES, Response, date_header, simple
+from oca.storage.inventory import ObjectRecord
+
+if TYPE_CHECKING:
+    from oca.server.worker import WorkerState
+
+log = logging.getLogger("oca.server")
+
+ALLOW = b"Allow: GET, HEAD, OPTIONS\r\n"
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "OPTIONS", "POST", "PUT", "DELETE", "PATCH", "TRACE", "CONNECT"}
+)
+_CONDITIONAL = frozenset(
+    {b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
+     b"if-unmodified-since"}
+)  # fmt: skip
+INTERNAL_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+EXPOSE = (
+    b"Access-Control-Expose-Headers: Content-Range, Content-Length, Accept-Ranges, "
+    b"ETag, Last-Modified, Date, Server\r\n"
+)
+PREFLIGHT_ALLOWED_HEADERS = b"Range, If-Range, If-Match, If-None-Match, If-Modified-Since"
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: bytes
+    headers: dict[bytes, bytes]
+    keep_alive: bool
+    http11: bool
+    started: float
+    client: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsOpen:
+    record: ObjectRecord
+    fs_path: str
+
+
+def etag_for(rec: ObjectRecord) -> str:
+    """Strong ETag from the content hash: identical on every appliance holding the object,
+    so a player's If-Range keeps working when steering moves it to another box."""
+    return f'"{rec.sha256[:32]}"'
+
+
+def _h(headers: dict[bytes, bytes], name: bytes) -> str | None:
+    v = headers.get(name)
+    return None if v is None else v.decode("latin-1")
+
+
+class ContentHandler:
+    def __init__(self, state: WorkerState) -> None:
+        self.state = state
+        cfg = state.cfg.server
+        self.server_line = f"Server: {cfg.server_header}\r\n".encode("latin-1")
+        self.cache_control = f"Cache-Control: {cfg.cache_control}\r\n".encode("latin-1")
+        self.manifest_cache_control = f"Cache-Control: {cfg.manifest_cache_control}\r\n".encode(
+            "latin-1"
+        )
+        self.any_origin = "*" in cfg.cors_allow_origins
+        self.origins = frozenset(o.encode("latin-1") for o in cfg.cors_allow_origins)
+        self.max_ranges = cfg.max_ranges
+
+    # ----------------------------------------------------------------- helpers
+    def _cors(self, headers: dict[bytes, bytes]) -> bytes:
+        if self.any_origin:
+            return b"Access-Control-Allow-Origin: *\r\n" + EXPOSE
+        origin = headers.get(b"origin")
+        if origin is not None and origin in self.origins:
+            return b"Access-Control-Allow-Origin: " + origin + b"\r\nVary: Origin\r\n" + EXPOSE
+        return b"Vary: Origin\r\n"
+
+    def error(
+        self, status: int, note: str, *, close: bool = False, extra: bytes = b"", head: bool = False
+    ) -> Response:
+        body = orjson.dumps({"status": status, "error": note}) + b"\n"
+        return simple(
+            status,
+            body,
+            content_type=b"application/json",
+            extra=extra,
+            close=close,
+            head_only=head,
+            server=self.server_line,
+            note=note,
+        )
+
+    def static_headers(self, rec: ObjectRecord) -> bytes:
+        cc = self.manifest_cache_control if is_manifest(rec.path) else self.cache_control
+        return (
+            f"Content-Type: {content_type_for(rec.path)}\r\n"
+            f"ETag: {etag_for(rec)}\r\n"
+            f"Last-Modified: {format_http_date(int(rec.mtime))}\r\n"
+            "Accept-Ranges: bytes\r\n"
+        ).encode("latin-1") + cc
+
+    # ----------------------------------------------------------------- dispatch
+    def handle(self, req: Request, internal_allowed: bool) -> Response | NeedsOpen:
+        method = req.method
+        head = method == "HEAD"
+        if method not in ("GET", "HEAD", "OPTIONS"):
+            if method in KNOWN_METHODS:
+                return self.error(405, "method-not-allowed", extra=ALLOW)
+            return self.error(501, "method-not-implemented", extra=ALLOW)
+        try:
+            path = normalize_target(req.target)
+        except PathRejected as exc:
+            return self.error(exc.status, exc.reason, head=head)
+        if method == "OPTIONS":
+            return self._options(req, path)
+        if path in INTERNAL_PATHS:
+            if internal_allowed:
+                return self._internal(path, head)
+            return self.error(404, "not-found", head=head)
+        if not internal_allowed and self.state.internal_only:
+            return self.error(404, "not-found", head=head)
+        return self._content(req, path, head)
+
+    def _options(self, req: Request, path: str) -> Response:
+        h = req.headers
+        extra = ALLOW
+        if b"access-control-request-method" in h:
+            extra += self._cors(h)
+            extra += (
+                b"Access-Control-Allow-Methods: GET, HEAD, OPTIONS\r\n"
+                b"Access-Control-Allow-Headers: "
+                + (h.get(b"access-control-request-headers") or PREFLIGHT_ALLOWED_HEADERS)
+                + b"\r\nAccess-Control-Max-Age: 86400\r\n"
+            )
+        resp = simple(204, b"", extra=extra, server=self.server_line, note="options")
+        # 204 carries no Content-Length per RFC 9110 §8.6.
+        resp.head = resp.head.replace(b"Content-Length: 0\r\n", b"").replace(
+            b"Content-Type: text/plain; charset=utf-8\r\n", b""
+        )
+        return resp
+
+    def _internal(self, path: str, head: bool) -> Response:
+        st = self.state
+        if path == "/healthz":
+            body = orjson.dumps({"status": "ok", "pid": st.pid, "worker": st.slot}) + b"\n"
+            return simple(200, body, content_type=b"application/json", head_only=head,
+                          server=self.server_line, note="healthz")  # fmt: skip
+        if path == "/readyz":
+            ready, reason = st.readiness()
+            body = orjson.dumps({"ready": ready, "reason": reason}) + b"\n"
+            return simple(200 if ready else 503, body, content_type=b"application/json",
+                          head_only=head, server=self.server_line, note="readyz")  # fmt: skip
+        body = st.render_metrics()
+        return simple(
+            200,
+            body,
+            content_type=b"text/plain; version=0.0.4; charset=utf-8",
+            head_only=head,
+            server=self.server_line,
+            note="metrics",
+        )
+
+    # ----------------------------------------------------------------- content
+    def _content(self, req: Request, path: str, head: bool) -> Response | NeedsOpen:
+        st = self.state
+        verifier: TokenVerifier | None = st.verifier
+        token, obj_path = split_token_path(path)
+        if verifier is not None:
+            if token is None:
+                st.metrics.inc("token_rejections", "missing")
+                return self.error(403, "token-missing", head=head)
+            try:
+                verifier.verify(token, obj_path, st.clock(), req.client)
+            except TokenError as exc:
+                st.metrics.inc("token_rejections", exc.reason)
+                return self.error(403, f"token-{exc.reason}", head=head)
+        # Without keys a signed URL is served like the plain path it carries.
+        rec = st.store.lookup(obj_path)
+        if rec is None:
+            return self.error(404, "not-found", head=head)
+        entry = st.files.get(rec)
+        if entry is None:
+            return NeedsOpen(rec, st.store.file_path(rec))
+        return self.respond_file(req, entry, head)
+
+    def respond_file(self, req: Request, entry: OpenFile, head: bool) -> Response:
+        rec = entry.record
+        h = req.headers
+        rep = entry.extra.get("rep")
+        if rep is None:
+            rep = Representation(rec.size, etag_for(rec), int(rec.mtime))
+            entry.extra["rep"] = rep
+        if not _CONDITIONAL.isdisjoint(h):
+            cond = Conditions(
+                method=req.method,
+                range=_h(h, b"range"),
+                if_range=_h(h, b"if-range"),
+                if_match=_h(h, b"if-match"),
+                if_none_match=_h(h, b"if-none-match"),
+                if_modified_since=_h(h, b"if-modified-since"),
+                if_unmodified_since=_h(h, b"if-unmodified-since"),
+            )
+            d = decide(rep, cond, self.max_ranges)
+            status, spans, note = d.status, d.spans, d.reason
+        else:
+            status, note = 200, "full"
+            spans = ()
+        size = rec.size
+        cors = self._cors(h)
+        self.state.store.touch(rec.path, self.state.clock())
+        if status == 200:
+            parts = [STATUS_LINES[200], self.server_line, date_header(), entry.headers, cors,
+                     b"Content-Length: ", str(size).encode(), b"\r\n\r\n"]  # fmt: skip
+            pieces: list[bytes | tuple[int, int]] = [] if head or size == 0 else [(0, size)]
+            return Response(200, b"".join(parts), pieces, entry, 0 if head else size,
+                            rec.tier, note=note)  # fmt: skip
+        if status == 206 and len(spans) == 1:
+            sp = spans[0]
+            n = sp.end - sp.start + 1
+            parts = [STATUS_LINES[206], self.server_line, date_header(), entry.headers, cors,
+                     b"Content-Range: ", content_range(sp, size).encode(),
+                     b"\r\nContent-Length: ", str(n).encode(), b"\r\n\r\n"]  # fmt: skip
+            pieces = [] if head else [(sp.start, n)]
+            return Response(206, b"".join(parts), pieces, entry, 0 if head else n, rec.tier,
+                            note=note)  # fmt: skip
+        if status == 206:
+            plan = multipart_plan(spans, size, content_type_for(rec.path), uuid.uuid4().hex)
+            static = b"".join(
+                line + b"\r\n"
+                for line in entry.headers.split(b"\r\n")
+                if line and not line.startswith(b"Content-Type:")
+            )
+            parts = [STATUS_LINES[206], self.server_line, date_header(), static, cors,
+                     b"Content-Type: ", plan.content_type.encode(),
+                     b"\r\nContent-Length: ", str(plan.content_length).encode(), b"\r\n\r\n"]  # fmt: skip
+            pieces = []
+            if not head:
+                for p in plan.pieces:
+                    pieces.append(p if isinstance(p, bytes) else (p.start, p.end - p.start + 1))
+            return Response(206, b"".join(parts), pieces, entry,
+                            0 if head else plan.content_length, rec.tier, note=note)  # fmt: skip
+        if status == 304:
+            keep = b"".join(
+                line + b"\r\n"
+                for line in entry.headers.split(b"\r\n")
+                if line.startswith((b"ETag:", b"Last-Modified:", b"Cache-Control:"))
+            )
+            head_bytes = b"".join([STATUS_LINES[304], self.server_line, date_header(), keep,
+                                   cors, b"\r\n"])  # fmt: skip
+            return Response(304, head_bytes, [], None, 0, rec.tier, note=note)
+        if status == 416:
+            extra = (
+                b"Content-Range: "
+                + unsatisfied_range(size).encode()
+                + b"\r\nAccept-Ranges: bytes\r\n"
+            )
+            return self.error(416, note, extra=extra + cors, head=head)
+        return self.error(412, note, extra=cors, head=head)
+
+
+def parse_peer(peername: Any) -> str:
+    if isinstance(peername, tuple) and peername:
+        host = str(peername[0])
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return host
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return host
+    return "unix"

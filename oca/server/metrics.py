@@ -1,0 +1,199 @@
+"""Prometheus metrics for the data plane, cheap on the hot path and summed over workers.
+
+Theory of operation: a request handler must not pay for metric bookkeeping (the
+budget on a 64 KiB range is a few tens of microseconds), so each worker counts in
+plain Python integers (:class:`WorkerMetrics`). Once a second the worker writes a
+small JSON snapshot of its counters to ``<state_dir>/metrics/worker-<slot>-<pid>.json``
+(atomic rename). ``/metrics`` on any worker reads every snapshot, replaces its own with
+its live counters, sums them, and renders the Prometheus text format through
+prometheus-client's exposition code. Snapshots of dead workers keep counting towards
+counters (a counter never goes backwards) but not towards gauges; the supervisor
+marks them dead by renaming them to ``dead-*.json``.
+
+Names follow STYLE.md: ``oca_`` prefix, base units, counters end in ``_total``,
+low-cardinality labels only (status code, tier, send method: never a path or an IP).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+# Upper bounds of the latency histogram (seconds): from first request byte parsed to
+# last response byte handed to the kernel.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+COUNTERS = (
+    "requests",  # by status code
+    "sent_bytes",  # body bytes by tier
+    "send_method_bytes",  # body bytes by method: sendfile / copy
+    "cold_reads",  # spans pulled into the page cache off the loop
+    "token_rejections",  # by reason
+    "disk_failures",  # by tier
+    "connections_accepted",
+    "connections_refused",  # over max_connections
+    "timeouts",  # by kind: header / keepalive / send
+)
+
+
+class WorkerMetrics:
+    """One worker's live counters; every field is a plain dict of label -> number."""
+
+    __slots__ = ("counters", "gauges", "latency_buckets", "latency_count", "latency_sum")
+
+    def __init__(self) -> None:
+        self.counters: dict[str, dict[str, float]] = {name: {} for name in COUNTERS}
+        self.gauges: dict[str, float] = {"open_connections": 0, "ktls_available": 0, "ready": 0}
+        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.latency_count = 0
+
+    def inc(self, counter: str, label: str, amount: float = 1) -> None:
+        d = self.counters[counter]
+        d[label] = d.get(label, 0) + amount
+
+    def observe_latency(self, seconds: float) -> None:
+        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+        self.latency_count += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "counters": self.counters,
+            "gauges": self.gauges,
+            "latency": {
+                "buckets": self.latency_buckets,
+                "sum": self.latency_sum,
+                "count": self.latency_count,
+            },
+        }
+
+
+def write_snapshot(directory: str, name: str, data: dict[str, Any]) -> None:
+    """Atomically replace ``directory/name`` with ``data`` (blocking; run in a thread)."""
+    tmp = os.path.join(directory, f".{name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(orjson.dumps(data))
+    os.replace(tmp, os.path.join(directory, name))
+
+
+def read_snapshots(directory: str, skip: str) -> list[tuple[bool, dict[str, Any]]]:
+    """(alive, snapshot) for every snapshot file except ``skip``; unreadable ones ignored."""
+    out: list[tuple[bool, dict[str, Any]]] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return out
+    for name in names:
+        if not name.endswith(".json") or name == skip:
+            continue
+        try:
+            data = orjson.loads(Path(directory, name).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if isinstance(data, dict):
+            out.append((not name.startswith("dead-"), data))
+    return out
+
+
+_COUNTER_HELP: dict[str, tuple[str, str, str]] = {
+    # key: (metric name without _total, label name, help)
+    "requests": ("oca_http_requests", "code", "HTTP responses sent, by status code."),
+    "sent_bytes": ("oca_sent_bytes", "tier", "Response body bytes sent, by storage tier."),
+    "send_method_bytes": (
+        "oca_send_method_bytes",
+        "method",
+        "Response body bytes by send path: sendfile (zero-copy) or copy (TLS/fallback).",
+    ),
+    "cold_reads": ("oca_cold_reads", "tier", "Spans read into the page cache off the event loop."),
+    "token_rejections": ("oca_token_rejections", "reason", "Requests refused for a bad token."),
+    "disk_failures": ("oca_disk_failures", "tier", "Disks marked failed while serving."),
+    "connections_accepted": ("oca_connections_accepted", "listener", "Connections accepted."),
+    "connections_refused": (
+        "oca_connections_refused",
+        "listener",
+        "Connections refused because max_connections was reached.",
+    ),
+    "timeouts": (
+        "oca_timeouts",
+        "kind",
+        "Connections closed by a timeout (header, keepalive, send).",
+    ),
+}
+
+
+class AggregateCollector(Collector):
+    """Sums live counters of this worker with the snapshots of the others."""
+
+    def __init__(
+        self,
+        live: WorkerMetrics,
+        directory: str,
+        own_name: str,
+        extra: Iterable[Collector] = (),
+    ) -> None:
+        self.live = live
+        self.directory = directory
+        self.own_name = own_name
+        self.extra = list(extra)
+
+    def collect(self) -> Iterator[Any]:
+        snaps = [(True, self.live.snapshot()), *read_snapshots(self.directory, self.own_name)]
+        for key, (name, label, doc) in _COUNTER_HELP.items():
+            fam = CounterMetricFamily(name, doc, labels=[label])
+            totals: dict[str, float] = {}
+            for _alive, s in snaps:
+                for lv, v in s.get("counters", {}).get(key, {}).items():
+                    totals[lv] = totals.get(lv, 0) + v
+            for lv in sorted(totals):
+                fam.add_metric([lv], totals[lv])
+            yield fam
+        conns = sum(s.get("gauges", {}).get("open_connections", 0) for alive, s in snaps if alive)
+        yield GaugeMetricFamily(
+            "oca_open_connections", "Client connections currently open (all workers).", value=conns
+        )
+        workers = sum(1 for alive, _ in snaps if alive)
+        yield GaugeMetricFamily("oca_workers", "Worker processes reporting metrics.", value=workers)
+        yield GaugeMetricFamily(
+            "oca_ktls_available",
+            "1 if the kernel offers the tls ULP (kernel TLS), else 0.",
+            value=self.live.gauges.get("ktls_available", 0),
+        )
+        buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        total_sum = 0.0
+        for _alive, s in snaps:
+            lat = s.get("latency", {})
+            for i, c in enumerate(lat.get("buckets", [])[: len(buckets)]):
+                buckets[i] += c
+            total_sum += lat.get("sum", 0.0)
+        cumulative = []
+        running = 0
+        for bound, c in zip((*LATENCY_BUCKETS, float("inf")), buckets, strict=True):
+            running += c
+            cumulative.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        h = HistogramMetricFamily(
+            "oca_http_request_duration_seconds",
+            "Time from a request's last header byte to its last response byte handed to the kernel.",
+        )
+        h.add_metric([], cumulative, total_sum)
+        yield h
+        for c in self.extra:
+            yield from c.collect()
+
+
+def render(collector: Collector) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)

@@ -1,0 +1,606 @@
+"""The HTTP/1.1 connection: an asyncio ``Protocol`` driven by llhttp (httptools).
+
+Theory of operation. Bytes arrive in :meth:`HttpProtocol.data_received` and are fed to
+the parser; each complete request is queued, and requests are answered strictly in
+order (pipelining). A request becomes a :class:`~oca.server.response.Response` (a head
+plus body pieces: bytes or spans of an open file) in :mod:`oca.server.handler`, and the
+send path here moves it to the kernel.
+
+The send path is owned, not delegated (uvloop's ``loop.sendfile`` copies through
+userspace). On plain HTTP the connection keeps a duplicate of the socket descriptor and
+writes to it directly: the head with ``send()``, file spans with ``os.sendfile()``
+(zero-copy), waiting for writability with ``loop.add_writer`` on the duplicate when the
+socket buffer is full. The transport is never written to, so ordering is ours. Before
+each sendfile window the file's pages are probed with ``RWF_NOWAIT`` and cold windows
+are read in the I/O pool first (see :mod:`oca.server.files`), so a slow disk never
+blocks the loop. On TLS (no kernel TLS here) spans are read (from the page cache
+without blocking when possible, else in the pool) and written to the SSL transport,
+following its flow control.
+
+The common case (descriptor cached, pages resident, socket buffer free) completes
+inside ``data_received`` with no task, no future and no timer: timeouts are enforced
+by the worker's once-a-second sweep over connection deadlines.
+
+Limits map to precise statuses: request line too long 414, headers too large 431,
+unknown method 501, known but unsupported method 405, request body 413, ambiguous
+framing (Content-Length with Transfer-Encoding, differing Content-Lengths) 400,
+header timeout 408. Errors that leave the byte stream unreliable close the
+connection after the response, with a lingering close so the client reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from oca.server.files import WINDOW_BYTES, OpenFile, is_resident, read_span, read_span_nowait, warm
+from oca.server.handler import NeedsOpen, Request, parse_peer
+from oca.server.response import Response
+
+if TYPE_CHECKING:
+    from oca.server.worker import Listener, WorkerState
+
+log = logging.getLogger("oca.server")
+
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_MORE_THRESHOLD = 1 << 20  # cork the head onto the body only for large bodies
+_COPY_CHUNK = 256 << 10
+_LINGER_SECONDS = 2.0
+_DISCONNECT = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.ESHUTDOWN, errno.EBADF)
+
+
+class _Abort(Exception):
+    """Raised inside a parser callback to stop parsing after a limit was hit."""
+
+
+class HttpProtocol(asyncio.Protocol):
+    def __init__(self, state: WorkerState, listener: Listener) -> None:
+        self.state = state
+        self.listener = listener
+        self.cfg = state.cfg.server
+        self.internal_allowed = listener.internal or not state.has_internal_listener
+        self.tls = listener.tls
+        self.loop = state.loop
+        self.transport: Any = None
+        self.sock: socket.socket | None = None
+        self.sockfd = -1
+        self.client = ""
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Request | Response] = deque()
+        self.current: Response | None = None
+        self.cur_req: Request | None = None
+        self.pieces: deque[bytes | memoryview | tuple[int, int]] = deque()
+        self.probed_until = -1
+        self.waiting_writable = False
+        self.busy_io = False
+        self.write_paused = False
+        self.reading_paused = False
+        self.closed = False
+        self.eof = False
+        self.stopped = False  # parsing stopped after an error; close after queue
+        self.lingering = False
+        self.draining = False
+        self.deadline = 0.0
+        self.deadline_kind = "header"
+        # per-request parse state
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._hdr_bytes = 0
+        self._head_bytes = 0
+        self._in_head = True
+        self._body_bytes = 0
+        self._fail: tuple[int, str] | None = None
+        self._started = 0.0
+
+    # ------------------------------------------------------------ connection
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        st = self.state
+        self.transport = transport
+        self.client = parse_peer(transport.get_extra_info("peername"))
+        self.deadline = self.loop.time() + self.cfg.header_timeout_seconds
+        if len(st.connections) >= self.cfg.max_connections or st.draining:
+            st.metrics.inc("connections_refused", self.listener.name)
+            resp = st.handler.error(503, "too-many-connections", close=True,
+                                    extra=b"Retry-After: 1\r\n")  # fmt: skip
+            transport.write(resp.head + b"".join(p for p in resp.pieces if isinstance(p, bytes)))  # type: ignore[attr-defined]
+            transport.close()
+            self.closed = True
+            return
+        st.connections.add(self)
+        st.metrics.inc("connections_accepted", self.listener.name)
+        st.metrics.gauges["open_connections"] = len(st.connections)
+        if not self.tls:
+            raw = transport.get_extra_info("socket")
+            if raw is not None:
+                self.sock = socket.socket(fileno=os.dup(raw.fileno()))
+                self.sock.setblocking(False)
+                self.sockfd = self.sock.fileno()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._teardown()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.current is None and not self.queue:
+            self._close()
+            return False
+        return True  # finish answering pipelined requests first
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.tls and self.current is not None and not self.busy_io:
+            self._resume()
+
+    # ------------------------------------------------------------ parsing
+    def data_received(self, data: bytes) -> None:
+        if self.stopped or self.closed:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > self.cfg.max_request_line_bytes + self.cfg.max_header_bytes:
+                if self._headers or len(self._url) < self.cfg.max_request_line_bytes:
+                    self._stop(431, "header-fields-too-large")
+                else:
+                    self._stop(414, "uri-too-long")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade (e.g. h2c) is not offered: the request was answered normally and
+            # the parser is replaced so later bytes are parsed as HTTP/1.1 again.
+            self.parser = httptools.HttpRequestParser(self)
+        except httptools.HttpParserInvalidMethodError:
+            self._stop(*(self._fail or (501, "method-not-implemented")))
+            return
+        except (httptools.HttpParserCallbackError, httptools.HttpParserError) as exc:
+            self._stop(*(self._fail or (400, f"malformed-request: {exc}")))
+            return
+        self._process()
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._hdr_bytes = 0
+        self._body_bytes = 0
+        self._started = self.loop.time()
+        if self.deadline_kind != "header":
+            self.deadline_kind = "header"
+            self.deadline = self._started + self.cfg.header_timeout_seconds
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.cfg.max_request_line_bytes:
+            self._fail = (414, "uri-too-long")
+            raise _Abort
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._hdr_bytes += len(name) + len(value) + 4
+        if self._hdr_bytes > self.cfg.max_header_bytes:
+            self._fail = (431, "header-fields-too-large")
+            raise _Abort
+        key = name.lower()
+        prev = self._headers.get(key)
+        if prev is None:
+            self._headers[key] = value
+        elif key == b"content-length":
+            if prev.strip() != value.strip():
+                self._fail = (400, "conflicting-content-length")
+                raise _Abort
+        elif key == b"host":
+            self._fail = (400, "duplicate-host")
+            raise _Abort
+        else:
+            self._headers[key] = prev + b", " + value
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        h = self._headers
+        p = self.parser
+        if p.get_http_version() not in ("1.1", "1.0"):
+            self._fail = (505, "http-version-not-supported")
+            raise _Abort
+        if b"transfer-encoding" in h and b"content-length" in h:
+            self._fail = (400, "conflicting-framing")
+            raise _Abort
+        if p.get_http_version() == "1.1" and b"host" not in h:
+            self._fail = (400, "missing-host")
+            raise _Abort
+        limit = self.cfg.max_request_body_bytes
+        cl = h.get(b"content-length")
+        if cl is not None:
+            cl = cl.strip()
+            if not cl.isdigit():
+                self._fail = (400, "bad-content-length")
+                raise _Abort
+            if int(cl) > limit:
+                self._fail = (413, "request-body-too-large")
+                raise _Abort
+        elif b"transfer-encoding" in h and limit == 0:
+            self._fail = (413, "request-body-too-large")
+            raise _Abort
+        self.deadline_kind = "body"
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self.cfg.max_request_body_bytes:
+            self._fail = (413, "request-body-too-large")
+            raise _Abort
+
+    def on_message_complete(self) -> None:
+        p = self.parser
+        req = Request(
+            p.get_method().decode("ascii", "replace"),
+            self._url,
+            self._headers,
+            p.should_keep_alive(),
+            p.get_http_version() == "1.1",
+            self._started,
+            self.client,
+        )
+        self._in_head = True
+        self.queue.append(req)
+        if len(self.queue) >= self.cfg.max_pipelined_requests and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _stop(self, status: int, note: str) -> None:
+        """Answer the queued requests, then this error, then close."""
+        self.stopped = True
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+        self.queue.append(self.state.handler.error(status, note, close=True))
+        self._process()
+
+    # ------------------------------------------------------------ dispatch
+    def _process(self) -> None:
+        while self.current is None and self.queue and not self.closed:
+            item = self.queue.popleft()
+            if isinstance(item, Response):
+                self._start(item, None)
+            else:
+                try:
+                    result = self.state.handler.handle(item, self.internal_allowed)
+                except Exception:
+                    log.exception("unhandled error answering %s", item.target[:200])
+                    result = self.state.handler.error(500, "internal-error", close=True)
+                if isinstance(result, NeedsOpen):
+                    self.cur_req = item
+                    self.current = _PENDING
+                    self._open(item, result)
+                    return
+                self._start(result, item)
+            if self._pump():
+                self._finish()
+        if self.current is None and not self.closed:
+            if self.reading_paused and not self.stopped and not self.queue:
+                self.reading_paused = False
+                self.transport.resume_reading()
+            if self.eof or self.draining:
+                self._close()
+            elif not self.queue:
+                self.deadline_kind = "keepalive"
+                self.deadline = self.loop.time() + self.cfg.keepalive_timeout_seconds
+
+    def _open(self, req: Request, need: NeedsOpen) -> None:
+        st = self.state
+        fut = self.loop.run_in_executor(st.io_pool, st.open_file, need.record, need.fs_path)
+        self.busy_io = True
+
+        def done(f: asyncio.Future[OpenFile]) -> None:
+            self.busy_io = False
+            self.current = None
+            if self.closed:
+                return
+            try:
+                entry = st.files.put(f.result())
+            except OSError as exc:
+                resp = st.on_open_error(need.record, exc)
+            else:
+                resp = st.handler.respond_file(req, entry, req.method == "HEAD")
+            self._start(resp, req)
+            if self._pump():
+                self._finish()
+            self._process()
+
+        fut.add_done_callback(done)
+
+    def _start(self, resp: Response, req: Request | None) -> None:
+        self.current = resp
+        self.cur_req = req
+        close = resp.close or self.draining or (self.stopped and not self.queue)
+        if req is not None and not req.keep_alive:
+            close = True
+        if close:
+            resp.close = True
+            if b"Connection: close" not in resp.head:
+                resp.head = resp.head[:-2] + b"Connection: close\r\n\r\n"
+        elif req is not None and not req.http11:
+            resp.head = resp.head[:-2] + b"Connection: keep-alive\r\n\r\n"
+        if resp.file is not None:
+            resp.file.acquire()
+        self.pieces.clear()
+        self.pieces.append(resp.head)
+        self.pieces.extend(resp.pieces)
+        self.probed_until = -1
+        self.deadline_kind = "send"
+        self.deadline = self.loop.time() + self.cfg.send_timeout_seconds
+
+    # ------------------------------------------------------------ sending
+    def _pump(self) -> bool:
+        """Push pieces to the kernel; True when the response is fully handed over."""
+        if self.tls or self.sock is None:
+            return self._pump_transport()
+        sock = self.sock
+        pieces = self.pieces
+        resp = self.current
+        assert resp is not None
+        while pieces:
+            p = pieces[0]
+            if not isinstance(p, tuple):
+                flags = _MSG_MORE if resp.body_bytes >= _MORE_THRESHOLD and len(pieces) > 1 else 0
+                try:
+                    n = sock.send(p, flags)
+                except BlockingIOError:
+                    n = 0
+                except OSError as exc:
+                    self._send_failed(exc)
+                    return False
+                if n < len(p):
+                    pieces[0] = memoryview(p)[n:]
+                    self._wait_writable()
+                    return False
+                pieces.popleft()
+                continue
+            start, length = p
+            f = resp.file
+            assert f is not None
+            count = min(length, WINDOW_BYTES)
+            if start >= self.probed_until:
+                if not is_resident(f.fd, start, start + count - 1):
+                    self._warm(f, start, count)
+                    return False
+                self.probed_until = start + count
+            try:
+                n = os.sendfile(self.sockfd, f.fd, start, min(count, self.probed_until - start))
+            except BlockingIOError:
+                self._wait_writable()
+                return False
+            except OSError as exc:
+                self._send_failed(exc)
+                return False
+            if n == 0:
+                self._send_failed(OSError(errno.EIO, "file shorter than its inventory record"))
+                return False
+            self.state.metrics.inc("send_method_bytes", "sendfile", n)
+            if n < length:
+                pieces[0] = (start + n, length - n)
+                if n < count:
+                    self._wait_writable()
+                    return False
+            else:
+                pieces.popleft()
+        return True
+
+    def _pump_transport(self) -> bool:
+        pieces = self.pieces
+        resp = self.current
+        assert resp is not None
+        t = self.transport
+        while pieces:
+            if self.write_paused:
+                return False
+            p = pieces[0]
+            if not isinstance(p, tuple):
+                t.write(p)
+                pieces.popleft()
+                continue
+            start, length = p
+            f = resp.file
+            assert f is not None
+            count = min(length, _COPY_CHUNK)
+            try:
+                data = read_span_nowait(f.fd, start, count)
+            except OSError as exc:
+                self._send_failed(exc)
+                return False
+            if data is None:
+                self._read_cold(f, start, count)
+                return False
+            t.write(data)
+            self.state.metrics.inc("send_method_bytes", "copy", count)
+            if count < length:
+                pieces[0] = (start + count, length - count)
+            else:
+                pieces.popleft()
+        return True
+
+    def _wait_writable(self) -> None:
+        if not self.waiting_writable:
+            self.waiting_writable = True
+            self.loop.add_writer(self.sockfd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        self.loop.remove_writer(self.sockfd)
+        self.waiting_writable = False
+        self._resume()
+
+    def _resume(self) -> None:
+        if self.closed or self.current is None:
+            return
+        self.deadline = self.loop.time() + self.cfg.send_timeout_seconds
+        if self._pump():
+            self._finish()
+            self._process()
+
+    def _warm(self, f: OpenFile, start: int, count: int) -> None:
+        st = self.state
+        self.busy_io = True
+        fut = self.loop.run_in_executor(st.io_pool, warm, f.fd, start, count)
+
+        def done(fu: asyncio.Future[None]) -> None:
+            self.busy_io = False
+            if self.closed:
+                return
+            exc = fu.exception()
+            if exc is not None:
+                self._send_failed(exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc)))
+                return
+            st.metrics.inc("cold_reads", f.record.tier)
+            self.probed_until = start + count
+            self._resume()
+
+        fut.add_done_callback(done)
+
+    def _read_cold(self, f: OpenFile, start: int, count: int) -> None:
+        st = self.state
+        self.busy_io = True
+        fut = self.loop.run_in_executor(st.io_pool, read_span, f.fd, start, count)
+
+        def done(fu: asyncio.Future[bytes]) -> None:
+            self.busy_io = False
+            if self.closed:
+                return
+            try:
+                data = fu.result()
+            except OSError as exc:
+                self._send_failed(exc)
+                return
+            st.metrics.inc("cold_reads", f.record.tier)
+            st.metrics.inc("send_method_bytes", "copy", len(data))
+            self.transport.write(data)
+            p = self.pieces[0]
+            assert isinstance(p, tuple)
+            if len(data) < p[1]:
+                self.pieces[0] = (p[0] + len(data), p[1] - len(data))
+            else:
+                self.pieces.popleft()
+            if not self.write_paused:
+                self._resume()
+
+        fut.add_done_callback(done)
+
+    def _send_failed(self, exc: BaseException) -> None:
+        resp = self.current
+        if isinstance(exc, OSError) and exc.errno not in _DISCONNECT and resp is not None:
+            if resp.file is not None and resp.file.fd >= 0:
+                self.state.on_read_error(resp.file.record, exc)
+        self._abort()
+
+    def _finish(self) -> None:
+        resp = self.current
+        assert resp is not None and resp is not _PENDING
+        req = self.cur_req
+        st = self.state
+        now = self.loop.time()
+        m = st.metrics
+        m.inc("requests", str(resp.status))
+        if resp.body_bytes:
+            m.inc("sent_bytes", resp.tier or "none", resp.body_bytes)
+        if req is not None:
+            m.observe_latency(now - req.started)
+            st.access_log.record(self.client, req, resp, now - req.started)
+        elif resp.note:
+            st.access_log.record_error(self.client, resp)
+        if resp.file is not None:
+            resp.file.release()
+        self.current = None
+        self.cur_req = None
+        if resp.close:
+            self._close(linger=self.stopped)
+
+    # ------------------------------------------------------------ closing
+    def drain(self) -> None:
+        """Finish the response in flight (if any), then close."""
+        self.draining = True
+        if self.current is None and not self.queue:
+            self._close()
+
+    def on_deadline(self, now: float) -> None:
+        kind = self.deadline_kind
+        if kind == "linger":
+            self._abort()
+            return
+        self.state.metrics.inc("timeouts", kind)
+        if kind in ("header", "body") and self.current is None and not self.queue:
+            if self._url or self._headers or not self._in_head:
+                self.queue.append(self.state.handler.error(408, "request-timeout", close=True))
+                self.stopped = True
+                self._process()
+                if not self.closed:
+                    self.deadline_kind = "linger"
+                    self.deadline = now + _LINGER_SECONDS
+                return
+            self._close()
+            return
+        if kind == "keepalive" and self.current is None:
+            self._close()
+            return
+        self._abort()
+
+    def _close(self, linger: bool = False) -> None:
+        if self.closed:
+            return
+        if linger and self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.lingering = True
+            self.stopped = True
+            self.deadline_kind = "linger"
+            self.deadline = self.loop.time() + _LINGER_SECONDS
+            if self.reading_paused:
+                self.reading_paused = False
+                self.transport.resume_reading()
+            return
+        self.closed = True
+        self._release_sock()
+        self.transport.close()
+
+    def _abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._release_sock()
+            self.transport.abort()
+        self._teardown()
+
+    def _release_sock(self) -> None:
+        if self.sock is not None:
+            if self.waiting_writable:
+                self.loop.remove_writer(self.sockfd)
+                self.waiting_writable = False
+            self.sock.close()
+            self.sock = None
+
+    def _teardown(self) -> None:
+        self.closed = True
+        self._release_sock()
+        resp = self.current
+        if resp is not None and resp is not _PENDING:
+            if resp.file is not None:
+                resp.file.release()
+            if self.cur_req is not None:
+                self.state.access_log.record(
+                    self.client, self.cur_req, resp, self.loop.time() - self.cur_req.started,
+                    aborted=True,
+                )  # fmt: skip
+        self.current = None
+        st = self.state
+        if self in st.connections:
+            st.connections.discard(self)
+            st.metrics.gauges["open_connections"] = len(st.connections)
+
+
+_PENDING = Response(0, b"")

@@ -1,0 +1,372 @@
+"""One worker process: startup -> serve -> drain -> exit.
+
+The supervisor (:mod:`oca.server.supervisor`) binds the listening sockets and starts
+one worker per slot with ``python -m oca.server.worker``, handing over the sockets as
+inherited descriptors and a JSON spec in ``OCA_WORKER_SPEC``. A worker:
+
+1. loads the configuration and opens the store in a thread (the inventory is read,
+   not rescanned, unless it is missing or corrupt);
+2. starts serving on the inherited sockets and writes ``R`` to its ready pipe;
+3. runs its control loops: a once-a-second sweep (connection deadlines, open-file
+   TTL, metrics snapshot), the disk health probe and inventory refresh (both in the
+   I/O pool, so the loop never touches a disk), and the access-log flusher;
+4. on SIGTERM drains: stops accepting, lets in-flight responses finish for up to
+   ``drain_timeout_seconds``, logs how many were cut, exits 0. SIGHUP reloads the
+   URL-signing keys (a new verifier is built and swapped in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from oca.auth.tokens import TokenVerifier
+from oca.config import AuthKey, Config, load_auth_keys, load_config
+from oca.errors import ConfigError, OcaError
+from oca.server.accesslog import AccessLog
+from oca.server.files import OpenFile, OpenFileCache, open_object
+from oca.server.handler import ContentHandler
+from oca.server.metrics import AggregateCollector, WorkerMetrics, render, write_snapshot
+from oca.server.response import Response
+from oca.server.tlsinfo import ktls_available, make_server_context
+from oca.storage.inventory import ObjectRecord
+from oca.storage.store import Store
+
+log = logging.getLogger("oca.worker")
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str  # "http", "https", "internal"
+    sock: socket.socket
+    tls: bool
+    internal: bool
+
+
+class StoreCollector(Collector):
+    def __init__(self, state: WorkerState) -> None:
+        self.state = state
+
+    def collect(self) -> Any:
+        up = GaugeMetricFamily("oca_disk_up", "1 if the disk is serving, 0 if failed.",
+                               labels=["tier", "disk"])  # fmt: skip
+        objs = GaugeMetricFamily("oca_store_objects", "Objects held, by tier.", labels=["tier"])
+        used = GaugeMetricFamily("oca_store_used_bytes", "Bytes held, by tier.", labels=["tier"])
+        cap = GaugeMetricFamily("oca_store_capacity_bytes", "Capacity, by tier.", labels=["tier"])
+        per_tier: dict[str, list[int]] = {}
+        for d in self.state.store.disks():
+            up.add_metric([d.tier, d.root], 1.0 if d.state == "ok" else 0.0)
+            t = per_tier.setdefault(d.tier, [0, 0, 0])
+            if d.state == "ok":
+                t[0] += d.objects
+                t[1] += d.used_bytes
+                t[2] += d.capacity_bytes
+        for tier, (n, u, c) in sorted(per_tier.items()):
+            objs.add_metric([tier], n)
+            used.add_metric([tier], u)
+            cap.add_metric([tier], c)
+        yield from (up, objs, used, cap)
+
+
+class WorkerState:
+    """Everything a connection needs, owned by the worker's event loop."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        loop: asyncio.AbstractEventLoop,
+        store: Store,
+        slot: int,
+        has_internal_listener: bool,
+        metrics_dir: str,
+    ) -> None:
+        self.cfg = cfg
+        self.loop = loop
+        self.store = store
+        self.slot = slot
+        self.pid = os.getpid()
+        self.has_internal_listener = has_internal_listener
+        self.internal_only = False
+        self.connections: set[Any] = set()
+        self.draining = False
+        self.ready = False
+        self.clock: Callable[[], float] = time.time
+        self.metrics = WorkerMetrics()
+        self.metrics.gauges["ktls_available"] = 1.0 if ktls_available() else 0.0
+        self.metrics_dir = metrics_dir
+        self.metrics_name = f"worker-{slot}-{self.pid}.json"
+        self.collector = AggregateCollector(
+            self.metrics, metrics_dir, self.metrics_name, extra=[StoreCollector(self)]
+        )
+        self.files = OpenFileCache(
+            cfg.storage.open_file_cache_size, cfg.storage.open_file_cache_ttl_seconds, loop.time
+        )
+        self.io_pool = concurrent.futures.ThreadPoolExecutor(
+            cfg.storage.io_threads, thread_name_prefix="oca-io"
+        )
+        self.verifier: TokenVerifier | None = None
+        self.key_ids: list[str] = []
+        self.access_log = AccessLog(cfg.server.access_log)
+        self.handler = ContentHandler(self)
+
+    # ---------------------------------------------------------------- keys
+    def load_keys(self) -> None:
+        self._install_keys(load_auth_keys(self.cfg.auth))
+
+    def _install_keys(self, keys: tuple[AuthKey, ...]) -> None:
+        self.key_ids = sorted(k.id for k in keys)
+        self.verifier = (
+            TokenVerifier({k.id: bytes.fromhex(k.secret) for k in keys}) if keys else None
+        )
+
+    def reload_keys(self) -> None:
+        """SIGHUP: re-read [auth] from the config file (and its keys_file)."""
+        try:
+            fresh = load_config(self.cfg.source or None)
+            keys = load_auth_keys(fresh.auth)
+        except ConfigError as exc:
+            log.error("key reload failed, keeping the current keys: %s", exc)
+            return
+        before = self.key_ids
+        self._install_keys(keys)
+        log.warning("signing keys were %s, now %s, because of SIGHUP",
+                    before or "none", self.key_ids or "none")  # fmt: skip
+
+    # ---------------------------------------------------------------- health
+    def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        if not self.ready:
+            return False, "starting"
+        ok = [d for d in self.store.disks() if d.state == "ok"]
+        if not ok:
+            return False, "no healthy disk"
+        return True, f"{len(ok)} healthy disk(s)"
+
+    def render_metrics(self) -> bytes:
+        return render(self.collector)
+
+    # ---------------------------------------------------------------- files
+    def open_file(self, rec: ObjectRecord, fs_path: str) -> OpenFile:
+        """Thread pool: open and describe one object (not yet in the cache)."""
+        fd = open_object(fs_path, rec)
+        return OpenFile(fd, rec, self.handler.static_headers(rec))
+
+    def on_open_error(self, rec: ObjectRecord, exc: OSError) -> Response:
+        if exc.errno == errno.ESTALE:
+            # Replaced by another process after our last inventory refresh.
+            self.loop.run_in_executor(self.io_pool, self.store.refresh)
+            return self.handler.error(503, "object-changed", extra=b"Retry-After: 1\r\n")
+        self.on_read_error(rec, exc)
+        if exc.errno == errno.ENOENT:
+            log.warning("object %s missing from disk %s", rec.path, rec.disk)
+            return self.handler.error(404, "not-found")
+        return self.handler.error(503, "disk-error", extra=b"Retry-After: 5\r\n")
+
+    def on_read_error(self, rec: ObjectRecord, exc: OSError) -> None:
+        """An I/O error on one object: let the store decide whether its disk failed."""
+        self.files.discard(rec.path)
+        fut = self.loop.run_in_executor(
+            self.io_pool, self.store.note_io_error, rec.disk, exc, time.time()
+        )
+
+        def done(f: asyncio.Future[bool]) -> None:
+            if not f.cancelled() and f.exception() is None and f.result():
+                self.files.discard_disk(rec.disk)
+                self.metrics.inc("disk_failures", rec.tier)
+
+        fut.add_done_callback(done)
+
+
+# -------------------------------------------------------------------- loops
+
+
+async def _every(seconds: float, fn: Callable[[], Any], name: str) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            res = fn()
+            if asyncio.iscoroutine(res):
+                await res
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed; will retry", name)
+
+
+def _sweep(state: WorkerState) -> None:
+    now = state.loop.time()
+    for conn in list(state.connections):
+        if conn.deadline <= now:
+            conn.on_deadline(now)
+    state.files.expire()
+
+
+async def _snapshot(state: WorkerState) -> None:
+    snap = state.metrics.snapshot()
+    await state.loop.run_in_executor(
+        state.io_pool, write_snapshot, state.metrics_dir, state.metrics_name, snap
+    )
+
+
+async def _check_disks(state: WorkerState) -> None:
+    before = {d.root: d.state for d in state.store.disks()}
+    await state.loop.run_in_executor(state.io_pool, state.store.check_disks, time.time())
+    for d in state.store.disks():
+        if before.get(d.root) == "ok" and d.state != "ok":
+            state.files.discard_disk(d.root)
+            state.metrics.inc("disk_failures", d.tier)
+
+
+async def _flush_stats(state: WorkerState) -> None:
+    await state.loop.run_in_executor(state.io_pool, state.store.flush_stats)
+
+
+async def _refresh(state: WorkerState) -> None:
+    await state.loop.run_in_executor(state.io_pool, state.store.refresh)
+
+
+# -------------------------------------------------------------------- main
+
+
+async def serve(
+    cfg: Config,
+    listeners: list[Listener],
+    slot: int,
+    metrics_dir: str,
+    on_ready: Callable[[], None],
+    stop: asyncio.Event | None = None,
+) -> int:
+    loop = asyncio.get_running_loop()
+    from oca.server.protocol import HttpProtocol
+
+    store = await loop.run_in_executor(None, Store.open, cfg.storage)
+    has_internal = any(lst.internal for lst in listeners)
+    state = WorkerState(cfg, loop, store, slot, has_internal, metrics_dir)
+    state.load_keys()
+    ssl_ctx: ssl.SSLContext | None = None
+    if any(lst.tls for lst in listeners):
+        ssl_ctx = make_server_context(cfg.tls.cert_file, cfg.tls.key_file)
+    servers = []
+    for lst in listeners:
+        srv = await loop.create_server(
+            lambda lst=lst: HttpProtocol(state, lst),
+            sock=lst.sock,
+            ssl=ssl_ctx if lst.tls else None,
+            backlog=4096,
+            ssl_handshake_timeout=cfg.server.header_timeout_seconds if lst.tls else None,
+        )
+        servers.append(srv)
+    stop = stop or asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, state.reload_keys)
+    tasks = [
+        asyncio.create_task(_every(1.0, lambda: _sweep(state), "sweep")),
+        asyncio.create_task(_every(1.0, lambda: _snapshot(state), "metrics snapshot")),
+        asyncio.create_task(_every(0.25, state.access_log.flush, "access log")),
+        asyncio.create_task(
+            _every(
+                cfg.storage.disk_check_interval_seconds, lambda: _check_disks(state), "disk check"
+            )
+        ),
+        asyncio.create_task(
+            _every(cfg.storage.inventory_poll_seconds, lambda: _refresh(state), "inventory refresh")
+        ),
+        asyncio.create_task(_every(60.0, lambda: _flush_stats(state), "access stats")),
+    ]
+    state.ready = True
+    state.metrics.gauges["ready"] = 1
+    await _snapshot(state)
+    on_ready()
+    await stop.wait()
+
+    # ---- drain
+    state.draining = True
+    for srv in servers:
+        srv.close()
+    in_flight = len(state.connections)
+    for conn in list(state.connections):
+        conn.drain()
+    deadline = loop.time() + cfg.server.drain_timeout_seconds
+    while state.connections and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    cut = len(state.connections)
+    for conn in list(state.connections):
+        conn._abort()
+    log.info("worker %d drained: %d connection(s) open at SIGTERM, %d cut at the %.0fs timeout",
+             slot, in_flight, cut, cfg.server.drain_timeout_seconds)  # fmt: skip
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await _snapshot(state)
+    await _flush_stats(state)
+    state.access_log.flush_now()
+    state.files.clear()
+    state.io_pool.shutdown(wait=False, cancel_futures=True)
+    return 0
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main() -> int:
+    spec = orjson.loads(os.environ["OCA_WORKER_SPEC"])
+    try:
+        cfg = load_config(spec["config"] or None, overrides=spec.get("overrides") or {})
+    except ConfigError as exc:
+        print(f"oca worker: bad config: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(cfg.server.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+    listeners = [
+        Listener(
+            item["name"],
+            socket.socket(fileno=item["fd"]),
+            item["tls"],
+            item["internal"],
+        )
+        for item in spec["listeners"]
+    ]
+    ready_fd = spec["ready_fd"]
+
+    def on_ready() -> None:
+        try:
+            os.write(ready_fd, b"R")
+        except OSError:
+            pass
+
+    try:
+        import uvloop
+
+        runner: Callable[..., int] = uvloop.run if spec.get("uvloop", True) else asyncio.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        return runner(serve(cfg, listeners, spec["slot"], spec["metrics_dir"], on_ready))
+    except OcaError as exc:
+        log.error("worker %d cannot start: %s", spec["slot"], exc)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

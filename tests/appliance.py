@@ -1,0 +1,223 @@
+"""Run a real appliance (``python -m oca serve``) in a child process for tests."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import selectors
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+
+@dataclass
+class Appliance:
+    root: Path
+    workers: int = 1
+    keys: dict[str, str] = field(default_factory=dict)  # id -> hex secret
+    tls_cert: tuple[str, str] | None = None  # (cert_file, key_file)
+    internal: bool = False
+    extra: str = ""  # raw TOML appended to [server]
+    tiers: tuple[tuple[str, int], ...] = (("ssd", 2), ("hdd", 1))
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    urls: dict[str, str] = field(default_factory=dict)
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "oca.toml"
+
+    def disk_paths(self, tier: str) -> list[Path]:
+        for name, n in self.tiers:
+            if name == tier:
+                return [self.root / f"{name}{i}" for i in range(n)]
+        raise KeyError(tier)
+
+    def write_config(self) -> Path:
+        lines = [
+            "[server]",
+            'listen = ["127.0.0.1:0"]',
+            f"workers = {self.workers}",
+            f'state_dir = "{self.root}/state"',
+            f'access_log = "{self.root}/access.log"',
+            "drain_timeout_seconds = 20",
+        ]
+        if self.internal:
+            lines.append('internal_listen = ["127.0.0.1:0"]')
+        lines.append(self.extra)
+        if self.tls_cert:
+            lines += [
+                "[tls]",
+                'listen = ["127.0.0.1:0"]',
+                f'cert_file = "{self.tls_cert[0]}"',
+                f'key_file = "{self.tls_cert[1]}"',
+            ]
+        lines += ["[storage]", "disk_check_interval_seconds = 0.2", "inventory_poll_seconds = 0.2"]
+        for name, n in self.tiers:
+            paths = ", ".join(f'"{self.root}/{name}{i}"' for i in range(n))
+            lines += ["[[storage.tiers]]", f'name = "{name}"', f"paths = [{paths}]"]
+        if self.keys:
+            lines.append("[auth]")
+            items = ", ".join(f'{{ id = "{k}", secret = "{v}" }}' for k, v in self.keys.items())
+            lines.append(f"keys = [{items}]")
+        self.config_path.write_text("\n".join(lines) + "\n")
+        return self.config_path
+
+    def oca(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "oca", *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            env={**os.environ, **self.env},
+            timeout=120,
+        )
+
+    def import_tree(self, src: Path) -> None:
+        self.write_config()
+        self.oca("store", "import", "-c", str(self.config_path), str(src))
+
+    def start(self, timeout: float = 30.0) -> Appliance:
+        self.write_config()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "oca", "serve", "-c", str(self.config_path)],
+            stdout=subprocess.PIPE,
+            stderr=open(self.root / "server.log", "ab"),
+            env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+        self._wait_for("oca: ready", timeout)
+        return self
+
+    def _wait_for(self, marker: str, timeout: float) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        buf = b""
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=0.1):
+                if self.proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode()
+                self.output.append(text)
+                if text.startswith("oca: listening "):
+                    kind, url = text.split()[2:4]
+                    self.urls[kind] = url
+                if marker in text:
+                    sel.close()
+                    return
+        sel.close()
+        log = (self.root / "server.log").read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"appliance did not become ready; output={self.output}\n{log}")
+
+    @property
+    def url(self) -> str:
+        return self.urls["http"]
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        hp = self.url.split("://", 1)[1]
+        host, port = hp.rsplit(":", 1)
+        return host, int(port)
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(x) for x in out.stdout.split()]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        code = self.proc.returncode
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.proc = None
+        return code
+
+    def log_text(self) -> str:
+        return (self.root / "server.log").read_text(errors="replace")
+
+
+def new_key() -> str:
+    return secrets.token_hex(32)
+
+
+def raw_request(
+    host: str,
+    port: int,
+    data: bytes,
+    *,
+    read_timeout: float = 5.0,
+    tls: ssl.SSLContext | None = None,
+) -> bytes:
+    """Send raw bytes, read until the server closes (or the timeout)."""
+    s: socket.socket = socket.create_connection((host, port), timeout=read_timeout)
+    if tls is not None:
+        s = tls.wrap_socket(s, server_hostname="localhost")
+    try:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                c = s.recv(1 << 16)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not c:
+                break
+            chunks.append(c)
+        return b"".join(chunks)
+    finally:
+        s.close()
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        p = root / rel.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return root
+
+
+def parse_responses(data: bytes) -> Iterable[tuple[int, dict[str, str], bytes]]:
+    """Split a byte stream of HTTP/1.1 responses (Content-Length framed)."""
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0"))
+        if status in (204, 304):
+            n = 0
+        yield status, headers, rest[:n]
+        data = rest[n:]
+
+
+def listeners_file(root: Path) -> dict[str, object]:
+    return dict(orjson.loads((root / "state" / "run" / "listeners.json").read_bytes()))
