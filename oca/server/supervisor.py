@@ -237,9 +237,10 @@ class Supervisor:
         os.makedirs(self.metrics_dir, exist_ok=True)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             self.loop.add_signal_handler(sig, self._signal, sig)
-        kt = ktls_available()
-        log.info("kernel TLS %s; HTTPS uses userspace TLS",
-                 "available" if kt else "not available (no tls ULP)")  # fmt: skip
+        if self.cfg.tls.listen and self.cfg.tls.ktls == "auto":
+            kt = ktls_available()
+            log.info("kernel TLS %s; HTTPS uses userspace TLS",
+                     "available" if kt else "not available (no tls ULP)")  # fmt: skip
         for slot in self.slots:
             self._spawn(slot)
         wd = systemd.watchdog_interval()

@@ -107,7 +107,8 @@ class WorkerState:
         self.ready = False
         self.clock: Callable[[], float] = time.time
         self.metrics = WorkerMetrics()
-        self.metrics.gauges["ktls_available"] = 1.0 if ktls_available() else 0.0
+        if cfg.tls.ktls == "auto":
+            self.metrics.gauges["ktls_available"] = 1.0 if ktls_available() else 0.0
         self.metrics_dir = metrics_dir
         self.metrics_name = f"worker-{slot}-{self.pid}.json"
         self.collector = AggregateCollector(
