@@ -11,9 +11,10 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 
@@ -82,19 +83,23 @@ class Appliance:
             timeout=120,
         )
 
-    def import_tree(self, src: Path) -> None:
+    def import_tree(self, src: Path, tier: str | None = None) -> None:
         self.write_config()
-        self.oca("store", "import", "-c", str(self.config_path), str(src))
+        args = ["store", "import", "-c", str(self.config_path), str(src)]
+        if tier is not None:
+            args += ["--tier", tier]
+        self.oca(*args)
 
     def start(self, timeout: float = 30.0) -> Appliance:
         self.write_config()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "oca", "serve", "-c", str(self.config_path)],
-            stdout=subprocess.PIPE,
-            stderr=open(self.root / "server.log", "ab"),
-            env={**os.environ, **self.env},
-            start_new_session=True,
-        )
+        with open(self.root / "server.log", "ab") as log:  # the child keeps its own copy
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "oca", "serve", "-c", str(self.config_path)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
         self._wait_for("oca: ready", timeout)
         return self
 
@@ -221,3 +226,65 @@ def parse_responses(data: bytes) -> Iterable[tuple[int, dict[str, str], bytes]]:
 
 def listeners_file(root: Path) -> dict[str, object]:
     return dict(orjson.loads((root / "state" / "run" / "listeners.json").read_bytes()))
+
+
+_T = TypeVar("_T")
+
+
+def fetch(
+    host: str,
+    port: int,
+    path: str,
+    headers: dict[str, str] | None = None,
+    *,
+    method: str = "GET",
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection (``Connection: close``): status, headers, body."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: oca.test", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    data = raw_request(host, port, ("\r\n".join(lines) + "\r\n\r\n").encode(), read_timeout=timeout)
+    if not data:
+        raise ConnectionError(f"{method} {path}: the server closed without answering")
+    status, hdrs, body = next(iter(parse_responses(data)))
+    return status, hdrs, body
+
+
+def wait_until(
+    predicate: Callable[[], _T], timeout: float, what: str, interval: float = 0.05
+) -> _T:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Read exactly one Content-Length framed response from a keep-alive connection."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a response head; got {buf[:200]!r}")
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    n = 0 if status in (204, 304) else int(headers.get("content-length", "0"))
+    while len(body) < n:
+        chunk = sock.recv(min(1 << 20, n - len(body)))
+        if not chunk:
+            raise ConnectionError(f"closed after {len(body)} of {n} body bytes")
+        body += chunk
+    if len(body) > n:
+        raise AssertionError(f"{len(body) - n} unexpected bytes after the response")
+    return status, headers, body

@@ -199,16 +199,20 @@ class ContentHandler:
         if verifier is not None:
             if token is None:
                 st.metrics.inc("token_rejections", "missing")
-                return self.error(403, "token-missing", head=head)
+                return self.error(403, "token-missing", head=head, extra=self._cors(req.headers))
             try:
                 verifier.verify(token, obj_path, st.clock(), req.client)
             except TokenError as exc:
                 st.metrics.inc("token_rejections", exc.reason)
-                return self.error(403, f"token-{exc.reason}", head=head)
+                return self.error(
+                    403, f"token-{exc.reason}", head=head, extra=self._cors(req.headers)
+                )
         # Without keys a signed URL is served like the plain path it carries.
         rec = st.store.lookup(obj_path)
         if rec is None:
-            return self.error(404, "not-found", head=head)
+            # CORS headers on errors too: without them a player's cross-origin fetch sees
+            # a network error instead of the 404 (or 403) it could act on.
+            return self.error(404, "not-found", head=head, extra=self._cors(req.headers))
         entry = st.files.get(rec)
         if entry is None:
             return NeedsOpen(rec, st.store.file_path(rec))

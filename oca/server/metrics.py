@@ -4,11 +4,19 @@ Theory of operation: a request handler must not pay for metric bookkeeping (the
 budget on a 64 KiB range is a few tens of microseconds), so each worker counts in
 plain Python integers (:class:`WorkerMetrics`). Once a second the worker writes a
 small JSON snapshot of its counters to ``<state_dir>/metrics/worker-<slot>-<pid>.json``
-(atomic rename). ``/metrics`` on any worker reads every snapshot, replaces its own with
-its live counters, sums them, and renders the Prometheus text format through
-prometheus-client's exposition code. Snapshots of dead workers keep counting towards
-counters (a counter never goes backwards) but not towards gauges; the supervisor
-marks them dead by renaming them to ``dead-*.json``.
+(atomic rename). ``/metrics`` on any worker reads every snapshot and renders the sums in
+the Prometheus text format through prometheus-client's exposition code.
+
+Counters and the latency histogram are summed from the snapshot files alone, this
+worker's own file included, never from its live counters: scrapes land on whichever
+worker the kernel picks, and if each added its own fresher counts to the others'
+older files, consecutive scrapes answered by different workers would see a counter go
+backwards, which Prometheus reads as a reset and then counts the whole value again.
+Every worker summing the same files, each of which only grows, keeps counters
+monotonic at the price of up to one snapshot interval of delay. Gauges use this
+worker's live values plus the other live workers' snapshots. Snapshots of dead
+workers keep counting towards counters but not towards gauges; the supervisor marks
+them dead by renaming them to ``dead-*.json``.
 
 Names follow STYLE.md: ``oca_`` prefix, base units, counters end in ``_total``,
 low-cardinality labels only (status code, tier, send method: never a path or an IP).
@@ -91,20 +99,45 @@ def write_snapshot(directory: str, name: str, data: dict[str, Any]) -> None:
 
 def read_snapshots(directory: str, skip: str) -> list[tuple[bool, dict[str, Any]]]:
     """(alive, snapshot) for every snapshot file except ``skip``; unreadable ones ignored."""
-    out: list[tuple[bool, dict[str, Any]]] = []
+    return [(alive, data) for name, alive, data in _read_named(directory) if name != skip]
+
+
+def _load(path: str) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_named(directory: str) -> list[tuple[str, bool, dict[str, Any]]]:
+    """(live name, alive, snapshot) for every worker that wrote a snapshot.
+
+    The supervisor renames ``worker-<slot>-<pid>.json`` to ``dead-<slot>-<pid>.json``
+    when the worker exits, possibly between the listing and the read: a vanished live
+    file is read under its dead name, and a worker listed under both names counts once.
+    """
+    out: list[tuple[str, bool, dict[str, Any]]] = []
     try:
         names = os.listdir(directory)
     except OSError:
         return out
-    for name in names:
-        if not name.endswith(".json") or name == skip:
+    seen: set[str] = set()
+    for name in sorted(names, key=lambda n: not n.startswith("dead-")):  # dead ones first
+        if not name.endswith(".json") or not name.startswith(("worker-", "dead-")):
             continue
-        try:
-            data = orjson.loads(Path(directory, name).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+        ident = name.partition("-")[2]  # "<slot>-<pid>.json"
+        if ident in seen:
             continue
-        if isinstance(data, dict):
-            out.append((not name.startswith("dead-"), data))
+        alive = name.startswith("worker-")
+        data = _load(os.path.join(directory, name))
+        if data is None and alive:
+            alive = False
+            data = _load(os.path.join(directory, f"dead-{ident}"))
+        if data is None:
+            continue
+        seen.add(ident)
+        out.append((f"worker-{ident}", alive, data))
     return out
 
 
@@ -135,7 +168,7 @@ _COUNTER_HELP: dict[str, tuple[str, str, str]] = {
 
 
 class AggregateCollector(Collector):
-    """Sums live counters of this worker with the snapshots of the others."""
+    """Sums the workers' snapshots (counters) and live values (gauges), see above."""
 
     def __init__(
         self,
@@ -150,7 +183,10 @@ class AggregateCollector(Collector):
         self.extra = list(extra)
 
     def collect(self) -> Iterator[Any]:
-        snaps = [(True, self.live.snapshot()), *read_snapshots(self.directory, self.own_name)]
+        files = _read_named(self.directory)
+        snaps = [(alive, s) for _name, alive, s in files]  # counters: files only, see above
+        others = [(alive, s) for name, alive, s in files if name != self.own_name]
+        live = [(True, self.live.snapshot()), *others]  # gauges: live where it can be
         for key, (name, label, doc) in _COUNTER_HELP.items():
             fam = CounterMetricFamily(name, doc, labels=[label])
             totals: dict[str, float] = {}
@@ -160,11 +196,11 @@ class AggregateCollector(Collector):
             for lv in sorted(totals):
                 fam.add_metric([lv], totals[lv])
             yield fam
-        conns = sum(s.get("gauges", {}).get("open_connections", 0) for alive, s in snaps if alive)
+        conns = sum(s.get("gauges", {}).get("open_connections", 0) for alive, s in live if alive)
         yield GaugeMetricFamily(
             "oca_open_connections", "Client connections currently open (all workers).", value=conns
         )
-        workers = sum(1 for alive, _ in snaps if alive)
+        workers = sum(1 for alive, _ in live if alive)
         yield GaugeMetricFamily("oca_workers", "Worker processes reporting metrics.", value=workers)
         yield GaugeMetricFamily(
             "oca_ktls_available",

@@ -95,6 +95,7 @@ class HttpProtocol(asyncio.Protocol):
         self._hdr_bytes = 0
         self._head_bytes = 0
         self._in_head = True
+        self._in_request = False  # between the first byte of a request and its end
         self._body_bytes = 0
         self._fail: tuple[int, str] | None = None
         self._started = 0.0
@@ -107,8 +108,8 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline = self.loop.time() + self.cfg.header_timeout_seconds
         if len(st.connections) >= self.cfg.max_connections or st.draining:
             st.metrics.inc("connections_refused", self.listener.name)
-            resp = st.handler.error(503, "too-many-connections", close=True,
-                                    extra=b"Retry-After: 1\r\n")  # fmt: skip
+            note = "draining" if st.draining else "too-many-connections"
+            resp = st.handler.error(503, note, close=True, extra=b"Retry-After: 1\r\n")
             transport.write(resp.head + b"".join(p for p in resp.pieces if isinstance(p, bytes)))  # type: ignore[attr-defined]
             transport.close()
             self.closed = True
@@ -145,14 +146,6 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.stopped or self.closed:
             return
-        if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.cfg.max_request_line_bytes + self.cfg.max_header_bytes:
-                if self._headers or len(self._url) < self.cfg.max_request_line_bytes:
-                    self._stop(431, "header-fields-too-large")
-                else:
-                    self._stop(414, "uri-too-long")
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -165,9 +158,20 @@ class HttpProtocol(asyncio.Protocol):
         except (httptools.HttpParserCallbackError, httptools.HttpParserError) as exc:
             self._stop(*(self._fail or (400, f"malformed-request: {exc}")))
             return
+        if self._in_head and self._in_request:
+            # llhttp hands over partial URL and header spans, but httptools buffers a
+            # header until it is complete: bound the head by the bytes received (one
+            # read is at most a few hundred KiB, so this check after feeding is tight).
+            self._head_bytes += len(data)
+            limit = self.cfg.max_request_line_bytes + self.cfg.max_header_bytes
+            if self._head_bytes > limit:
+                self._stop(431, "header-fields-too-large")
+                return
         self._process()
 
     def on_message_begin(self) -> None:
+        self._in_request = True
+        self._head_bytes = 0
         self._url = b""
         self._headers = {}
         self._hdr_bytes = 0
@@ -249,6 +253,7 @@ class HttpProtocol(asyncio.Protocol):
             self.client,
         )
         self._in_head = True
+        self._in_request = False
         self.queue.append(req)
         if len(self.queue) >= self.cfg.max_pipelined_requests and not self.reading_paused:
             self.reading_paused = True
@@ -289,7 +294,7 @@ class HttpProtocol(asyncio.Protocol):
                 self.transport.resume_reading()
             if self.eof or self.draining:
                 self._close()
-            elif not self.queue:
+            elif not self.queue and not self._in_request:
                 self.deadline_kind = "keepalive"
                 self.deadline = self.loop.time() + self.cfg.keepalive_timeout_seconds
 

@@ -228,6 +228,10 @@ class Supervisor:
                 s.pending_restart = None
             if s.proc is not None:
                 s.proc.send_signal(signal.SIGTERM)
+        # Stop accepting: once each worker closes its copy too, new connections are
+        # refused at once (and a client tries another appliance) instead of waiting in
+        # a backlog nobody will accept from.
+        self.close_sockets()
         if all(s.proc is None for s in self.slots):
             self.done.set()
 

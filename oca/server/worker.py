@@ -182,9 +182,7 @@ class WorkerState:
     def on_read_error(self, rec: ObjectRecord, exc: OSError) -> None:
         """An I/O error on one object: let the store decide whether its disk failed."""
         self.files.discard(rec.path)
-        fut = self.loop.run_in_executor(
-            self.io_pool, self.store.note_io_error, rec.disk, exc, time.time()
-        )
+        fut = self.loop.run_in_executor(self.io_pool, self._note_read_error, rec, exc)
 
         def done(f: asyncio.Future[bool]) -> None:
             if not f.cancelled() and f.exception() is None and f.result():
@@ -192,6 +190,26 @@ class WorkerState:
                 self.metrics.inc("disk_failures", rec.tier)
 
         fut.add_done_callback(done)
+
+    def _note_read_error(self, rec: ObjectRecord, exc: OSError) -> bool:
+        """Thread pool: True if the disk was failed. A file whose size no longer matches
+        its record (truncated or replaced behind the store's back) reads short, which the
+        send path reports as EIO; that is this object's fault, not the disk's."""
+        try:
+            size = os.stat(self.store.file_path(rec)).st_size
+        except OSError as stat_exc:
+            return self.store.note_io_error(rec.disk, stat_exc, time.time())
+        if size != rec.size:
+            log.error(
+                "object %s on disk %s is %d bytes, its record says %d; not serving it "
+                "(oca store verify quarantines it)",
+                rec.path,
+                rec.disk,
+                size,
+                rec.size,
+            )
+            return False
+        return self.store.note_io_error(rec.disk, exc, time.time())
 
 
 # -------------------------------------------------------------------- loops
