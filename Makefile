@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := nginx-light wrk iproute2 procps curl
+APT_PACKAGES := nginx-light wrk iproute2 procps curl luajit libluajit-5.1-dev libssl-dev
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-slow lint typecheck bench-serve system-deps venv clean

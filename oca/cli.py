@@ -92,6 +92,12 @@ def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "serve"]:
+        # The benchmark owns its own options (argparse.REMAINDER drops "-x" ones).
+        from bench.serve import main as bench_main
+
+        return bench_main(argv[2:])
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
@@ -108,10 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
-    if cmd == "bench":
-        from bench.serve import main as bench_main
-
-        return bench_main(args.args)
     if cmd == "demo":
         from oca.demo import run_demo
 
