@@ -2,8 +2,8 @@
 
 Theory of operation. Objects are immutable once installed (a replacement is a new
 file renamed over the old one), so an open descriptor stays valid for the bytes it
-was opened on. The worker keeps a bounded LRU of open descriptors (cachetools
-``TTLCache``): a hit costs a dict lookup and no syscall; a miss opens and fstat()s
+was opened on. The worker keeps a bounded cache of open descriptors (CLOCK replacement plus an idle
+timeout, see :class:`OpenFileCache`): a hit costs a dict lookup and no syscall; a miss opens and fstat()s
 the file in the I/O thread pool, never on the event loop. Entries are shared by
 concurrent responses through a reference count and closed only when evicted *and*
 released. The TTL bounds how long a deleted file's space stays pinned.
@@ -15,8 +15,9 @@ loop probes residency of the window's first and last page with
 ``preadv2(..., RWF_NOWAIT)`` (Linux 4.14+), which fails with EAGAIN instead of
 blocking when a page is absent. A cold window is read by a pool thread first (the
 kernel's readahead makes that sequential), then sent from the warm page cache. The
-probe is two one-byte syscalls per window; pages evicted between the probes and the
-send cost at most one blocking read of that window.
+probe is one or two one-byte syscalls per window (spans up to 256 KiB probe their first
+page only); pages evicted between the probe and the send cost at most one blocking
+read of that window.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cachetools import TTLCache
-
 from oca.storage.inventory import ObjectRecord
 
 #: Largest span sent by one sendfile() call after one residency probe.
 WINDOW_BYTES = 4 << 20
+
+#: Spans at least this long get their last page probed too (readahead keeps short
+#: spans resident or absent as a whole; long ones can be cut by eviction).
+_PROBE_BOTH_ENDS = 256 << 10
 
 _HAS_NOWAIT = hasattr(os, "RWF_NOWAIT") and hasattr(os, "preadv")
 _probe_buf = bytearray(1)
@@ -50,6 +53,8 @@ class OpenFile:
     extra: dict[str, Any] = field(default_factory=dict)
     refs: int = 0
     evicted: bool = False
+    referenced: bool = False
+    last_seen: float = 0.0
 
     def acquire(self) -> None:
         self.refs += 1
@@ -73,66 +78,97 @@ class OpenFile:
             self.fd = -1
 
 
-class _Cache(TTLCache[str, OpenFile]):
-    def popitem(self) -> tuple[str, OpenFile]:
-        key, value = super().popitem()
-        value.evict()
-        return key, value
-
-    def expire(self, time: Any = None) -> Any:
-        expired = super().expire(time)
-        for _k, v in expired:
-            v.evict()
-        return expired
-
-
 class OpenFileCache:
-    """path -> OpenFile, valid while the store's record for path is the same object."""
+    """path -> OpenFile, valid while the store's record for path is the same object.
+
+    Replacement is CLOCK (second chance, Corbató 1968), the usual approximation of
+    LRU: a hit only sets the entry's reference bit, so the hot path costs one dict
+    lookup and one attribute store (an LRU list would relink on every hit). When the
+    cache is full the hand sweeps entries in insertion order, clearing reference bits
+    and evicting the first entry without one. Idle entries are closed by
+    :meth:`expire`, run by the worker's sweep every second: an entry not referenced
+    for ``ttl`` seconds is evicted, which bounds how long a deleted file's space stays
+    pinned.
+    """
 
     def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float]) -> None:
-        self._cache = _Cache(maxsize=maxsize, ttl=ttl, timer=timer)
+        self._entries: dict[str, OpenFile] = {}
+        self._maxsize = maxsize
+        self._ttl = ttl
+        self._timer = timer
 
     def get(self, rec: ObjectRecord) -> OpenFile | None:
-        entry = self._cache.get(rec.path)
+        entry = self._entries.get(rec.path)
         if entry is None:
             return None
         r = entry.record
-        if r.sha256 != rec.sha256 or r.disk != rec.disk or r.size != rec.size:
+        if r is not rec and (r.sha256 != rec.sha256 or r.disk != rec.disk or r.size != rec.size):
             self.discard(rec.path)
             return None
+        entry.referenced = True
         return entry
 
     def put(self, entry: OpenFile) -> OpenFile:
         """Insert; if another request raced us to it, keep the existing one."""
-        existing = self._cache.get(entry.record.path)
+        path = entry.record.path
+        existing = self._entries.get(path)
         if existing is not None and existing.record == entry.record:
             entry.evict()
+            existing.referenced = True
             return existing
         if existing is not None:
-            self.discard(entry.record.path)
-        self._cache[entry.record.path] = entry
+            self.discard(path)
+        while len(self._entries) >= self._maxsize:
+            self._evict_one()
+        entry.referenced = True
+        entry.last_seen = self._timer()
+        self._entries[path] = entry
         return entry
 
+    def _evict_one(self) -> None:
+        entries = self._entries
+        for _ in range(2):  # at most two passes: the second finds bits cleared
+            for path, e in list(entries.items()):
+                if e.referenced:
+                    e.referenced = False
+                    # Move behind the hand: re-insert at the end of the order.
+                    del entries[path]
+                    entries[path] = e
+                else:
+                    self.discard(path)
+                    return
+
     def discard(self, path: str) -> None:
-        entry = self._cache.pop(path, None)
+        entry = self._entries.pop(path, None)
         if entry is not None:
             entry.evict()
 
     def discard_disk(self, disk: str) -> int:
-        doomed = [p for p, e in self._cache.items() if e.record.disk == disk]
+        doomed = [p for p, e in self._entries.items() if e.record.disk == disk]
         for p in doomed:
             self.discard(p)
         return len(doomed)
 
-    def expire(self) -> None:
-        self._cache.expire()
+    def expire(self) -> int:
+        """Evict entries not referenced for ``ttl`` seconds; returns how many."""
+        now = self._timer()
+        doomed = []
+        for path, e in self._entries.items():
+            if e.referenced:
+                e.referenced = False
+                e.last_seen = now
+            elif now - e.last_seen >= self._ttl:
+                doomed.append(path)
+        for path in doomed:
+            self.discard(path)
+        return len(doomed)
 
     def clear(self) -> None:
-        for p in list(self._cache.keys()):
+        for p in list(self._entries):
             self.discard(p)
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self._entries)
 
 
 def open_object(path: str, rec: ObjectRecord) -> int:
@@ -164,7 +200,7 @@ def is_resident(fd: int, start: int, end: int) -> bool:
     try:
         if os.preadv(fd, [_probe_buf], start, os.RWF_NOWAIT) == 0:
             return True  # at or past EOF: nothing to read
-        if end - start >= 4096:
+        if end - start >= _PROBE_BOTH_ENDS:
             os.preadv(fd, [_probe_buf], end, os.RWF_NOWAIT)
     except BlockingIOError:
         return False

@@ -26,7 +26,6 @@ from oca.http.paths import PathRejected, normalize_target
 from oca.http.semantics import (
     Conditions,
     Representation,
-    content_range,
     decide,
     multipart_plan,
     unsatisfied_range,
@@ -48,11 +47,15 @@ _CONDITIONAL = frozenset(
     {b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
      b"if-unmodified-since"}
 )  # fmt: skip
+_PATH_CACHE_SIZE = 16384
+_STATUS_206 = STATUS_LINES[206]
+_ONLY_RANGE = frozenset({b"range"})
 INTERNAL_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
 EXPOSE = (
     b"Access-Control-Expose-Headers: Content-Range, Content-Length, Accept-Ranges, "
     b"ETag, Last-Modified, Date, Server\r\n"
 )
+_CORS_ANY = b"Access-Control-Allow-Origin: *\r\n" + EXPOSE
 PREFLIGHT_ALLOWED_HEADERS = b"Range, If-Range, If-Match, If-None-Match, If-Modified-Since"
 
 
@@ -96,11 +99,15 @@ class ContentHandler:
         self.any_origin = "*" in cfg.cors_allow_origins
         self.origins = frozenset(o.encode("latin-1") for o in cfg.cors_allow_origins)
         self.max_ranges = cfg.max_ranges
+        # request-target -> (normalised path, token, object path): the same segment
+        # URLs arrive from many players, and normalisation is pure, so results are
+        # reused (bounded; cleared when full rather than tracking recency).
+        self._paths: dict[bytes, tuple[str, str | None, str]] = {}
 
     # ----------------------------------------------------------------- helpers
     def _cors(self, headers: dict[bytes, bytes]) -> bytes:
         if self.any_origin:
-            return b"Access-Control-Allow-Origin: *\r\n" + EXPOSE
+            return _CORS_ANY
         origin = headers.get(b"origin")
         if origin is not None and origin in self.origins:
             return b"Access-Control-Allow-Origin: " + origin + b"\r\nVary: Origin\r\n" + EXPOSE
@@ -138,19 +145,25 @@ class ContentHandler:
             if method in KNOWN_METHODS:
                 return self.error(405, "method-not-allowed", extra=ALLOW)
             return self.error(501, "method-not-implemented", extra=ALLOW)
-        try:
-            path = normalize_target(req.target)
-        except PathRejected as exc:
-            return self.error(exc.status, exc.reason, head=head)
+        target = self._paths.get(req.target)
+        if target is None:
+            try:
+                path = normalize_target(req.target)
+            except PathRejected as exc:
+                return self.error(exc.status, exc.reason, head=head)
+            token, obj_path = split_token_path(path)
+            target = (path, token, obj_path)
+            if len(self._paths) >= _PATH_CACHE_SIZE:
+                self._paths.clear()
+            self._paths[req.target] = target
+        path = target[0]
         if method == "OPTIONS":
             return self._options(req, path)
         if path in INTERNAL_PATHS:
             if internal_allowed:
                 return self._internal(path, head)
             return self.error(404, "not-found", head=head)
-        if not internal_allowed and self.state.internal_only:
-            return self.error(404, "not-found", head=head)
-        return self._content(req, path, head)
+        return self._content(req, target[1], target[2], head)
 
     def _options(self, req: Request, path: str) -> Response:
         h = req.headers
@@ -192,10 +205,11 @@ class ContentHandler:
         )
 
     # ----------------------------------------------------------------- content
-    def _content(self, req: Request, path: str, head: bool) -> Response | NeedsOpen:
+    def _content(
+        self, req: Request, token: str | None, obj_path: str, head: bool
+    ) -> Response | NeedsOpen:
         st = self.state
         verifier: TokenVerifier | None = st.verifier
-        token, obj_path = split_token_path(path)
         if verifier is not None:
             if token is None:
                 st.metrics.inc("token_rejections", "missing")
@@ -225,7 +239,11 @@ class ContentHandler:
         if rep is None:
             rep = Representation(rec.size, etag_for(rec), int(rec.mtime))
             entry.extra["rep"] = rep
-        if not _CONDITIONAL.isdisjoint(h):
+        present = _CONDITIONAL.intersection(h)
+        if present == _ONLY_RANGE:
+            d = decide(rep, Conditions(req.method, h[b"range"].decode("latin-1")), self.max_ranges)
+            status, spans, note = d.status, d.spans, d.reason
+        elif present:
             cond = Conditions(
                 method=req.method,
                 range=_h(h, b"range"),
@@ -252,9 +270,10 @@ class ContentHandler:
         if status == 206 and len(spans) == 1:
             sp = spans[0]
             n = sp.end - sp.start + 1
-            parts = [STATUS_LINES[206], self.server_line, date_header(), entry.headers, cors,
-                     b"Content-Range: ", content_range(sp, size).encode(),
-                     b"\r\nContent-Length: ", str(n).encode(), b"\r\n\r\n"]  # fmt: skip
+            tail = b"Content-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n" % (
+                sp.start, sp.end, size, n,
+            )  # fmt: skip
+            parts = [_STATUS_206, self.server_line, date_header(), entry.headers, cors, tail]
             pieces = [] if head else [(sp.start, n)]
             return Response(206, b"".join(parts), pieces, entry, 0 if head else n, rec.tier,
                             note=note)  # fmt: skip

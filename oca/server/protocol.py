@@ -88,6 +88,7 @@ class HttpProtocol(asyncio.Protocol):
         self.lingering = False
         self.draining = False
         self.deadline = 0.0
+        self.now = 0.0  # loop time of the event being handled (one clock read per event)
         self.deadline_kind = "header"
         # per-request parse state
         self._url = b""
@@ -99,6 +100,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body_bytes = 0
         self._fail: tuple[int, str] | None = None
         self._started = 0.0
+        self._version = "1.1"
 
     # ------------------------------------------------------------ connection
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -146,6 +148,7 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.stopped or self.closed:
             return
+        self.now = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -176,7 +179,7 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = {}
         self._hdr_bytes = 0
         self._body_bytes = 0
-        self._started = self.loop.time()
+        self._started = self.now
         if self.deadline_kind != "header":
             self.deadline_kind = "header"
             self.deadline = self._started + self.cfg.header_timeout_seconds
@@ -210,14 +213,14 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         self._head_bytes = 0
         h = self._headers
-        p = self.parser
-        if p.get_http_version() not in ("1.1", "1.0"):
+        version = self._version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":
             self._fail = (505, "http-version-not-supported")
             raise _Abort
         if b"transfer-encoding" in h and b"content-length" in h:
             self._fail = (400, "conflicting-framing")
             raise _Abort
-        if p.get_http_version() == "1.1" and b"host" not in h:
+        if version == "1.1" and b"host" not in h:
             self._fail = (400, "missing-host")
             raise _Abort
         limit = self.cfg.max_request_body_bytes
@@ -243,12 +246,13 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         p = self.parser
+        method = p.get_method()
         req = Request(
-            p.get_method().decode("ascii", "replace"),
+            _METHODS.get(method) or method.decode("ascii", "replace"),
             self._url,
             self._headers,
             p.should_keep_alive(),
-            p.get_http_version() == "1.1",
+            self._version == "1.1",
             self._started,
             self.client,
         )
@@ -296,7 +300,7 @@ class HttpProtocol(asyncio.Protocol):
                 self._close()
             elif not self.queue and not self._in_request:
                 self.deadline_kind = "keepalive"
-                self.deadline = self.loop.time() + self.cfg.keepalive_timeout_seconds
+                self.deadline = self.now + self.cfg.keepalive_timeout_seconds
 
     def _open(self, req: Request, need: NeedsOpen) -> None:
         st = self.state
@@ -306,6 +310,7 @@ class HttpProtocol(asyncio.Protocol):
         def done(f: asyncio.Future[OpenFile]) -> None:
             self.busy_io = False
             self.current = None
+            self.now = self.loop.time()
             if self.closed:
                 return
             try:
@@ -340,7 +345,7 @@ class HttpProtocol(asyncio.Protocol):
         self.pieces.extend(resp.pieces)
         self.probed_until = -1
         self.deadline_kind = "send"
-        self.deadline = self.loop.time() + self.cfg.send_timeout_seconds
+        self.deadline = self.now + self.cfg.send_timeout_seconds
 
     # ------------------------------------------------------------ sending
     def _pump(self) -> bool:
@@ -388,7 +393,6 @@ class HttpProtocol(asyncio.Protocol):
             if n == 0:
                 self._send_failed(OSError(errno.EIO, "file shorter than its inventory record"))
                 return False
-            self.state.metrics.inc("send_method_bytes", "sendfile", n)
             if n < length:
                 pieces[0] = (start + n, length - n)
                 if n < count:
@@ -444,7 +448,8 @@ class HttpProtocol(asyncio.Protocol):
     def _resume(self) -> None:
         if self.closed or self.current is None:
             return
-        self.deadline = self.loop.time() + self.cfg.send_timeout_seconds
+        self.now = now = self.loop.time()
+        self.deadline = now + self.cfg.send_timeout_seconds
         if self._pump():
             self._finish()
             self._process()
@@ -510,14 +515,24 @@ class HttpProtocol(asyncio.Protocol):
         st = self.state
         now = self.loop.time()
         m = st.metrics
-        m.inc("requests", str(resp.status))
-        if resp.body_bytes:
-            m.inc("sent_bytes", resp.tier or "none", resp.body_bytes)
+        c = m.counters["requests"]
+        code = _CODES.get(resp.status) or str(resp.status)
+        c[code] = c.get(code, 0) + 1
+        n = resp.body_bytes
+        if n:
+            c = m.counters["sent_bytes"]
+            tier = resp.tier or "none"
+            c[tier] = c.get(tier, 0) + n
+            if resp.file is not None and self.sock is not None:  # sent by sendfile
+                c = m.counters["send_method_bytes"]
+                c["sendfile"] = c.get("sendfile", 0) + n
+        log = st.access_log
         if req is not None:
             m.observe_latency(now - req.started)
-            st.access_log.record(self.client, req, resp, now - req.started)
-        elif resp.note:
-            st.access_log.record_error(self.client, resp)
+            if log.enabled:
+                log.record(self.client, req, resp, now - req.started)
+        elif resp.note and log.enabled:
+            log.record_error(self.client, resp)
         if resp.file is not None:
             resp.file.release()
         self.current = None
@@ -609,3 +624,5 @@ class HttpProtocol(asyncio.Protocol):
 
 
 _PENDING = Response(0, b"")
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "OPTIONS")}
+_CODES = {code: str(code) for code in (200, 204, 206, 304, 400, 403, 404, 412, 416, 503)}

@@ -101,7 +101,6 @@ class WorkerState:
         self.slot = slot
         self.pid = os.getpid()
         self.has_internal_listener = has_internal_listener
-        self.internal_only = False
         self.connections: set[Any] = set()
         self.draining = False
         self.ready = False
