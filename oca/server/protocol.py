@@ -410,6 +410,9 @@ class HttpProtocol(asyncio.Protocol):
         while pieces:
             if self.write_paused:
                 return False
+            if t.is_closing():
+                self._abort()
+                return False
             p = pieces[0]
             if not isinstance(p, tuple):
                 t.write(p)
@@ -436,13 +439,22 @@ class HttpProtocol(asyncio.Protocol):
         return True
 
     def _wait_writable(self) -> None:
+        # The registration stays for the rest of the response (a large response
+        # alternates sendfile and EAGAIN many times; re-registering each time costs two
+        # epoll_ctl calls) and is dropped when the response ends or waits on the pool.
         if not self.waiting_writable:
             self.waiting_writable = True
             self.loop.add_writer(self.sockfd, self._on_writable)
 
+    def _stop_waiting_writable(self) -> None:
+        if self.waiting_writable:
+            self.waiting_writable = False
+            self.loop.remove_writer(self.sockfd)
+
     def _on_writable(self) -> None:
-        self.loop.remove_writer(self.sockfd)
-        self.waiting_writable = False
+        if self.current is None or self.busy_io:
+            self._stop_waiting_writable()
+            return
         self._resume()
 
     def _resume(self) -> None:
@@ -456,6 +468,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _warm(self, f: OpenFile, start: int, count: int) -> None:
         st = self.state
+        self._stop_waiting_writable()
         self.busy_io = True
         fut = self.loop.run_in_executor(st.io_pool, warm, f.fd, start, count)
 
@@ -535,6 +548,8 @@ class HttpProtocol(asyncio.Protocol):
             log.record_error(self.client, resp)
         if resp.file is not None:
             resp.file.release()
+        if self.waiting_writable:
+            self._stop_waiting_writable()
         self.current = None
         self.cur_req = None
         if resp.close:
@@ -598,9 +613,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _release_sock(self) -> None:
         if self.sock is not None:
-            if self.waiting_writable:
-                self.loop.remove_writer(self.sockfd)
-                self.waiting_writable = False
+            self._stop_waiting_writable()
             self.sock.close()
             self.sock = None
 
@@ -617,6 +630,12 @@ class HttpProtocol(asyncio.Protocol):
                     aborted=True,
                 )  # fmt: skip
         self.current = None
+        # Break the protocol <-> parser and protocol <-> transport cycles now, so the
+        # buffers they hold are freed by reference counting rather than by a later
+        # cyclic GC pass (on TLS that is hundreds of KiB per connection).
+        self.pieces.clear()
+        self.queue.clear()
+        self.parser = _DEAD_PARSER
         st = self.state
         if self in st.connections:
             st.connections.discard(self)
@@ -624,5 +643,15 @@ class HttpProtocol(asyncio.Protocol):
 
 
 _PENDING = Response(0, b"")
+
+
+class _DeadParser:
+    """Stands in for the parser of a closed connection (it holds no protocol)."""
+
+    def feed_data(self, data: bytes) -> None:
+        return None
+
+
+_DEAD_PARSER: Any = _DeadParser()
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "OPTIONS")}
 _CODES = {code: str(code) for code in (200, 204, 206, 304, 400, 403, 404, 412, 416, 503)}
