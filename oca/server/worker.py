@@ -356,6 +356,9 @@ def main() -> int:
         return 2
     _setup_logging(cfg.server.log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+    # Pool threads (opens, cold reads) need the GIL back promptly after their syscall
+    # returns, or a busy loop thread makes every cold read wait a full switch interval.
+    sys.setswitchinterval(0.0005)
     listeners = [
         Listener(
             item["name"],
