@@ -90,6 +90,7 @@ __all__ = [
     "Span",
     "content_range",
     "decide",
+    "decide_range",
     "multipart_plan",
     "unsatisfied_range",
 ]
@@ -342,6 +343,7 @@ def _full(rep: Representation, reason: str) -> Decision:
 
 
 _SIMPLE_RANGE = re.compile(r"bytes=([0-9]{1,18})-([0-9]{1,18})")
+_UNSATISFIABLE = Decision(416, (), "range-unsatisfiable")
 
 
 def decide(rep: Representation, cond: Conditions, max_ranges: int = 16) -> Decision:
@@ -377,7 +379,7 @@ def decide(rep: Representation, cond: Conditions, max_ranges: int = 16) -> Decis
         first, last = int(simple[1]), int(simple[2])
         if first <= last:
             if first >= rep.size:
-                return Decision(416, (), "range-unsatisfiable")
+                return _UNSATISFIABLE
             return Decision(206, (Span(first, min(last, rep.size - 1)),), "range")
 
     specs = _parse_range(cond.range)
@@ -391,6 +393,22 @@ def decide(rep: Representation, cond: Conditions, max_ranges: int = 16) -> Decis
     if len(spans) == 1:
         return Decision(206, (spans[0],), "range")
     return Decision(206, tuple(spans), "multirange")
+
+
+def decide_range(rep: Representation, range_value: str, max_ranges: int = 16) -> Decision:
+    """``decide`` for a GET whose only conditional field is ``Range``.
+
+    The hot path of a segment server: it skips building a :class:`Conditions` and
+    answers exactly as ``decide(rep, Conditions("GET", range=range_value))`` would.
+    """
+    simple = _SIMPLE_RANGE.fullmatch(range_value)
+    if simple is not None:
+        first, last = int(simple[1]), int(simple[2])
+        if first <= last:
+            if first >= rep.size:
+                return _UNSATISFIABLE
+            return Decision(206, (Span(first, min(last, rep.size - 1)),), "range")
+    return decide(rep, Conditions("GET", range_value), max_ranges)
 
 
 def content_range(span: Span, size: int) -> str:

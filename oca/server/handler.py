@@ -27,6 +27,7 @@ from oca.http.semantics import (
     Conditions,
     Representation,
     decide,
+    decide_range,
     multipart_plan,
     unsatisfied_range,
 )
@@ -240,8 +241,8 @@ class ContentHandler:
             rep = Representation(rec.size, etag_for(rec), int(rec.mtime))
             entry.extra["rep"] = rep
         present = _CONDITIONAL.intersection(h)
-        if present == _ONLY_RANGE:
-            d = decide(rep, Conditions(req.method, h[b"range"].decode("latin-1")), self.max_ranges)
+        if present == _ONLY_RANGE and req.method == "GET":
+            d = decide_range(rep, h[b"range"].decode("latin-1"), self.max_ranges)
             status, spans, note = d.status, d.spans, d.reason
         elif present:
             cond = Conditions(

@@ -16,6 +16,7 @@ from oca.http.semantics import (
     Span,
     content_range,
     decide,
+    decide_range,
     multipart_plan,
     unsatisfied_range,
 )
@@ -636,3 +637,17 @@ def test_decided_multirange_plans_exactly(
     headers = sum(len(p) for p in plan.pieces if isinstance(p, bytes))
     assert plan.content_length == headers + sum(span.length for span in decision.spans)
     assert plan.content_length - headers <= size  # coalescing never sends a byte twice
+
+
+@given(
+    size=st.integers(min_value=0, max_value=10_000),
+    first=st.integers(min_value=0, max_value=12_000),
+    length=st.integers(min_value=-5, max_value=12_000),
+    junk=st.sampled_from(["", " ", ",", "x", ",0-1", "-"]),
+)
+def test_decide_range_fast_path_equals_decide(
+    size: int, first: int, length: int, junk: str
+) -> None:
+    rep = Representation(size, '"e"', 1_000_000)
+    for value in (f"bytes={first}-{first + length}{junk}", f"bytes={first}-", f"bytes=-{first}"):
+        assert decide_range(rep, value, 16) == decide(rep, Conditions("GET", range=value), 16)
