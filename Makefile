@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 demo: venv
 	$(BIN)/oca demo
 
-test: venv system-deps
+test: venv system-deps lint typecheck
 	$(BIN)/python -m pytest -q
 
 test-slow: venv system-deps

@@ -46,9 +46,10 @@ class AccessLog:
             if len(self.buffer) >= _MAX_BUFFER:
                 self.dropped += 1
                 return
-            self.buffer.append((time.time(), client, req.method, req.target,
-                                resp.status, resp.body_bytes, duration,
-                                req.headers.get(b"range"), resp.tier, resp.note, aborted))  # fmt: skip
+            rng = req.headers.get(b"range")
+            self.buffer.append((time.time(), client, req.method, req.target, resp.status,
+                                resp.body_bytes, duration, rng, resp.tier, resp.note,
+                                aborted))  # fmt: skip
 
     def record_error(self, client: str, resp: Response) -> None:
         if self.enabled:

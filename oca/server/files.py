@@ -2,11 +2,12 @@
 
 Theory of operation. Objects are immutable once installed (a replacement is a new
 file renamed over the old one), so an open descriptor stays valid for the bytes it
-was opened on. The worker keeps a bounded cache of open descriptors (CLOCK replacement plus an idle
-timeout, see :class:`OpenFileCache`): a hit costs a dict lookup and no syscall; a miss opens and fstat()s
-the file in the I/O thread pool, never on the event loop. Entries are shared by
-concurrent responses through a reference count and closed only when evicted *and*
-released. The TTL bounds how long a deleted file's space stays pinned.
+was opened on. The worker keeps a bounded cache of open descriptors (CLOCK
+replacement plus an idle timeout, see :class:`OpenFileCache`): a hit costs a dict
+lookup and no syscall; a miss opens and fstat()s the file in the I/O thread pool,
+never on the event loop. Entries are shared by concurrent responses through a
+reference count and closed only when evicted *and* released. The idle timeout
+bounds how long a deleted file's space stays pinned.
 
 ``sendfile(2)`` blocks the calling thread while it reads pages that are not in the
 page cache, which on an HDD is milliseconds per seek: one cold request would stall
@@ -22,6 +23,7 @@ read of that window.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -71,10 +73,8 @@ class OpenFile:
 
     def _close(self) -> None:
         if self.fd >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self.fd)
-            except OSError:
-                pass
             self.fd = -1
 
 

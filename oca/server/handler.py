@@ -285,9 +285,10 @@ class ContentHandler:
                 for line in entry.headers.split(b"\r\n")
                 if line and not line.startswith(b"Content-Type:")
             )
-            parts = [STATUS_LINES[206], self.server_line, date_header(), static, cors,
-                     b"Content-Type: ", plan.content_type.encode(),
-                     b"\r\nContent-Length: ", str(plan.content_length).encode(), b"\r\n\r\n"]  # fmt: skip
+            tail = b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+                plan.content_type.encode(), plan.content_length,
+            )  # fmt: skip
+            parts = [STATUS_LINES[206], self.server_line, date_header(), static, cors, tail]
             pieces = []
             if not head:
                 for p in plan.pieces:

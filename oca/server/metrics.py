@@ -221,7 +221,7 @@ class AggregateCollector(Collector):
             cumulative.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
         h = HistogramMetricFamily(
             "oca_http_request_duration_seconds",
-            "Time from a request's last header byte to its last response byte handed to the kernel.",
+            "Time from a request's first byte to its last response byte handed to the kernel.",
         )
         h.add_metric([], cumulative, total_sum)
         yield h

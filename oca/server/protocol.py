@@ -31,6 +31,7 @@ connection after the response, with a lingering close so the client reads it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -516,9 +517,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def _send_failed(self, exc: BaseException) -> None:
         resp = self.current
-        if isinstance(exc, OSError) and exc.errno not in _DISCONNECT and resp is not None:
-            if resp.file is not None and resp.file.fd >= 0:
-                self.state.on_read_error(resp.file.record, exc)
+        if (
+            isinstance(exc, OSError)
+            and exc.errno not in _DISCONNECT
+            and resp is not None
+            and resp.file is not None
+            and resp.file.fd >= 0
+        ):
+            self.state.on_read_error(resp.file.record, exc)
         self._abort()
 
     def _finish(self) -> None:
@@ -588,10 +594,8 @@ class HttpProtocol(asyncio.Protocol):
         if self.closed:
             return
         if linger and self.sock is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
             self.lingering = True
             self.stopped = True
             self.deadline_kind = "linger"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import logging
 import os
@@ -371,10 +372,8 @@ def main() -> int:
     ready_fd = spec["ready_fd"]
 
     def on_ready() -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.write(ready_fd, b"R")
-        except OSError:
-            pass
 
     try:
         import uvloop
