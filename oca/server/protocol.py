@@ -37,6 +37,7 @@ import logging
 import os
 import socket
 from collections import deque
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -180,10 +181,12 @@ class HttpProtocol(asyncio.Protocol):
         self._headers = {}
         self._hdr_bytes = 0
         self._body_bytes = 0
-        self._started = self.now
+        # Latency uses the monotonic clock: uvloop's loop.time() has millisecond
+        # resolution and is cached per loop iteration.
+        self._started = monotonic()
         if self.deadline_kind != "header":
             self.deadline_kind = "header"
-            self.deadline = self._started + self.cfg.header_timeout_seconds
+            self.deadline = self.now + self.cfg.header_timeout_seconds
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -532,7 +535,7 @@ class HttpProtocol(asyncio.Protocol):
         assert resp is not None and resp is not _PENDING
         req = self.cur_req
         st = self.state
-        now = self.loop.time()
+        now = monotonic()
         m = st.metrics
         c = m.counters["requests"]
         code = _CODES.get(resp.status) or str(resp.status)
@@ -630,7 +633,7 @@ class HttpProtocol(asyncio.Protocol):
                 resp.file.release()
             if self.cur_req is not None:
                 self.state.access_log.record(
-                    self.client, self.cur_req, resp, self.loop.time() - self.cur_req.started,
+                    self.client, self.cur_req, resp, monotonic() - self.cur_req.started,
                     aborted=True,
                 )  # fmt: skip
         self.current = None
