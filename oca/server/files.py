@@ -28,9 +28,9 @@ import errno
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from oca.http.semantics import Representation
 from oca.storage.inventory import ObjectRecord
 
 #: Largest span sent by one sendfile() call after one residency probe.
@@ -52,7 +52,8 @@ class OpenFile:
     fd: int
     record: ObjectRecord
     headers: bytes  # static header block: Content-Type, ETag, Last-Modified, ...
-    extra: dict[str, Any] = field(default_factory=dict)
+    rep: Representation | None = None  # what RFC 9110 decisions need
+    prefix_206: bytes = b""  # status line + Server + static headers of a 206
     refs: int = 0
     evicted: bool = False
     referenced: bool = False

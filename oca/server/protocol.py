@@ -67,6 +67,7 @@ class HttpProtocol(asyncio.Protocol):
         self.state = state
         self.listener = listener
         self.cfg = state.cfg.server
+        self._max_header_bytes = self.cfg.max_header_bytes
         self.internal_allowed = listener.internal or not state.has_internal_listener
         self.tls = listener.tls
         self.loop = state.loop
@@ -196,7 +197,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._hdr_bytes += len(name) + len(value) + 4
-        if self._hdr_bytes > self.cfg.max_header_bytes:
+        if self._hdr_bytes > self._max_header_bytes:
             self._fail = (431, "header-fields-too-large")
             raise _Abort
         key = name.lower()
@@ -363,9 +364,11 @@ class HttpProtocol(asyncio.Protocol):
         while pieces:
             p = pieces[0]
             if not isinstance(p, tuple):
-                flags = _MSG_MORE if resp.body_bytes >= _MORE_THRESHOLD and len(pieces) > 1 else 0
                 try:
-                    n = sock.send(p, flags)
+                    if resp.body_bytes >= _MORE_THRESHOLD and len(pieces) > 1:
+                        n = sock.send(p, _MSG_MORE)
+                    else:
+                        n = os.write(self.sockfd, p)
                 except BlockingIOError:
                     n = 0
                 except OSError as exc:

@@ -166,7 +166,7 @@ class WorkerState:
     def open_file(self, rec: ObjectRecord, fs_path: str) -> OpenFile:
         """Thread pool: open and describe one object (not yet in the cache)."""
         fd = open_object(fs_path, rec)
-        return OpenFile(fd, rec, self.handler.static_headers(rec))
+        return self.handler.open_file_entry(fd, rec)
 
     def on_open_error(self, rec: ObjectRecord, exc: OSError) -> Response:
         if exc.errno == errno.ESTALE:
