@@ -17,8 +17,9 @@ loop probes residency of the window's first and last page with
 blocking when a page is absent. A cold window is read by a pool thread first (the
 kernel's readahead makes that sequential), then sent from the warm page cache. The
 probe is one or two one-byte syscalls per window (spans up to 256 KiB probe their first
-page only); pages evicted between the probe and the send cost at most one blocking
-read of that window.
+page only), repeated after every wait for socket space, since pages can be evicted
+while a slow client drains; pages evicted between a probe and the send that follows
+it cost at most one blocking read.
 """
 
 from __future__ import annotations

@@ -449,6 +449,9 @@ class HttpProtocol(asyncio.Protocol):
         # The registration stays for the rest of the response (a large response
         # alternates sendfile and EAGAIN many times; re-registering each time costs two
         # epoll_ctl calls) and is dropped when the response ends or waits on the pool.
+        # Pages probed before the wait may be evicted while the socket drains: probe
+        # again before the next sendfile.
+        self.probed_until = -1
         if not self.waiting_writable:
             self.waiting_writable = True
             self.loop.add_writer(self.sockfd, self._on_writable)
