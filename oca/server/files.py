@@ -39,7 +39,7 @@ WINDOW_BYTES = 4 << 20
 
 #: Spans at least this long get their last page probed too (readahead keeps short
 #: spans resident or absent as a whole; long ones can be cut by eviction).
-_PROBE_BOTH_ENDS = 256 << 10
+PROBE_BOTH_ENDS = 256 << 10
 
 _HAS_NOWAIT = hasattr(os, "RWF_NOWAIT") and hasattr(os, "preadv")
 _probe_buf = bytearray(1)
@@ -202,7 +202,7 @@ def is_resident(fd: int, start: int, end: int) -> bool:
     try:
         if os.preadv(fd, [_probe_buf], start, os.RWF_NOWAIT) == 0:
             return True  # at or past EOF: nothing to read
-        if end - start >= _PROBE_BOTH_ENDS:
+        if end - start >= PROBE_BOTH_ENDS:
             os.preadv(fd, [_probe_buf], end, os.RWF_NOWAIT)
     except BlockingIOError:
         return False
