@@ -207,16 +207,22 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """Status and headers (lower-case names) of one response head, without the CRLFCRLF."""
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers
+
+
 def parse_responses(data: bytes) -> Iterable[tuple[int, dict[str, str], bytes]]:
     """Split a byte stream of HTTP/1.1 responses (Content-Length framed)."""
     while data:
         head, _, rest = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
+        status, headers = parse_head(head)
         n = int(headers.get("content-length", "0"))
         if status in (204, 304):
             n = 0

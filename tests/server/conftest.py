@@ -24,7 +24,7 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.appliance import Appliance, raw_request, write_tree
+from tests.appliance import Appliance, parse_head, raw_request, write_tree
 
 T = TypeVar("T")
 
@@ -396,12 +396,7 @@ def read_responses(
                 raise AssertionError(f"connection closed after {len(out)} responses")
             buf += c
         head, _, buf = buf.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
+        status, headers = parse_head(head)
         bodiless = status in (204, 304) or len(out) in heads
         n = 0 if bodiless else int(headers.get("content-length", "0"))
         while len(buf) < n:
