@@ -54,7 +54,7 @@ def test_replaced_object_changes_etag_and_bytes_together(app: Appliance, tmp_pat
             return False
         return status == 200 and headers["etag"] == new_etag and body == new
 
-    wait_until(lambda: all(switched() for _ in range(6)), 10, "every worker to serve the new version")
+    wait_until(lambda: all(switched() for _ in range(6)), 10, "every worker on the new version")
     # A conditional range against the old version's ETag now gets the whole new object.
     status, _, body = fetch(
         host, port, "/titles/a/seg-1.m4s", {"Range": "bytes=0-9", "If-Range": old_headers["etag"]}
