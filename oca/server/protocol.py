@@ -334,13 +334,22 @@ class HttpProtocol(asyncio.Protocol):
             self.busy_io = False
             self.current = None
             self.now = self.loop.time()
-            if self.closed:
-                return
             try:
+                # Cached even when the client has gone: the descriptor is owned (and
+                # eventually closed) by the cache, never leaked.
                 entry = st.files.put(f.result())
             except OSError as exc:
+                if self.closed:
+                    return
                 resp = st.on_open_error(need.record, exc)
+            except Exception:
+                log.exception("opening %s failed", need.fs_path)
+                if self.closed:
+                    return
+                resp = st.handler.error(500, "internal-error", close=True)
             else:
+                if self.closed:
+                    return
                 resp = st.handler.respond_file(req, entry, req.method == "HEAD")
             self._start(resp, req)
             if self._pump():
