@@ -240,6 +240,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "tls.cert_file", "tls.listen is set, so cert_file and key_file are required"
         )
+    if cfg.tls.listen:
+        for key in ("cert_file", "key_file"):
+            path = getattr(cfg.tls, key)
+            if not os.access(path, os.R_OK):
+                raise ConfigError(f"tls.{key}", f"{path} does not exist or is not readable")
     if not cfg.server.listen and not cfg.tls.listen:
         raise ConfigError("server.listen", "no listener: set server.listen or tls.listen")
     if not cfg.storage.tiers:

@@ -294,3 +294,36 @@ def test_sign_prints_one_signed_url(signing_config: Path) -> None:
     assert url.startswith("http://192.0.2.1:8080/t/v1.k1.")
     assert url.endswith("/titles/a/seg.m4s")
     assert len(res.stdout.splitlines()) == 1
+
+
+def test_missing_tls_certificate_is_a_config_error(tmp_path: Path) -> None:
+    conf = tmp_path / "oca.toml"
+    conf.write_text(
+        '[tls]\nlisten = ["127.0.0.1:0"]\n'
+        f'cert_file = "{tmp_path}/nope.pem"\nkey_file = "{tmp_path}/nope.key"\n'
+        f'[[storage.tiers]]\nname = "ssd"\npaths = ["{tmp_path}/ssd0"]\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "oca", "serve", "-c", str(conf)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "tls.cert_file" in proc.stderr and "nope.pem" in proc.stderr
+
+
+def test_unusable_tls_certificate_stops_startup_with_status_3(tmp_path: Path) -> None:
+    (tmp_path / "bad.pem").write_text("-----BEGIN CERTIFICATE-----\ngarbage\n")
+    conf = tmp_path / "oca.toml"
+    conf.write_text(
+        f'[server]\nlisten = ["127.0.0.1:0"]\nstate_dir = "{tmp_path}/state"\n'
+        '[tls]\nlisten = ["127.0.0.1:0"]\n'
+        f'cert_file = "{tmp_path}/bad.pem"\nkey_file = "{tmp_path}/bad.pem"\n'
+        f'[[storage.tiers]]\nname = "ssd"\npaths = ["{tmp_path}/ssd0"]\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "oca", "serve", "-c", str(conf), "--workers", "2"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 3
+    assert "could not start" in proc.stderr
+    assert "oca: ready" not in proc.stdout

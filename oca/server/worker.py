@@ -383,8 +383,10 @@ def main() -> int:
         runner = asyncio.run
     try:
         return runner(serve(cfg, listeners, spec["slot"], spec["metrics_dir"], on_ready))
-    except OcaError as exc:
-        log.error("worker %d cannot start: %s", spec["slot"], exc)
+    except (OcaError, OSError, ssl.SSLError) as exc:
+        # Before READY this is a startup failure (the supervisor stops on status 3);
+        # after it, the supervisor restarts the worker.
+        log.error("worker %d failed: %s", spec["slot"], exc)
         return 3
 
 
