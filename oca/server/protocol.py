@@ -312,6 +312,18 @@ class HttpProtocol(asyncio.Protocol):
                     self.current = _PENDING
                     self._open(item, result)
                     return
+                if (
+                    self.sock is not None
+                    and result.file is not None
+                    and len(result.pieces) == 1
+                    and not result.close
+                    and item.keep_alive
+                    and item.http11
+                    and not self.draining
+                    and self._send_whole(result)
+                ):
+                    self._account(result, item)
+                    continue
                 self._start(result, item)
             if self._pump():
                 self._finish()
@@ -571,10 +583,52 @@ class HttpProtocol(asyncio.Protocol):
             self.state.on_read_error(resp.file.record, exc)
         self._abort()
 
-    def _finish(self) -> None:
-        resp = self.current
-        assert resp is not None and resp is not _PENDING
-        req = self.cur_req
+    def _send_whole(self, resp: Response) -> bool:
+        """The common response in as few steps as possible: True when fully sent.
+
+        A single file span on an idle plain connection: probe residency, write the
+        head, sendfile the span. Anything else (a cold page, a full socket buffer, an
+        error) returns False with ``resp`` trimmed to what is left, and the general
+        path (:meth:`_start` / :meth:`_pump`) takes over from there, warming, waiting
+        or failing exactly as it does for every other response.
+        """
+        f = resp.file
+        assert f is not None
+        span = resp.pieces[0]
+        assert isinstance(span, tuple)
+        start, length = span
+        if length > WINDOW_BYTES:
+            return False
+        fd = f.fd
+        if _RWF_NOWAIT:
+            try:
+                if os.preadv(fd, _PROBE, start, _RWF_NOWAIT) and length >= _PROBE_BOTH:
+                    os.preadv(fd, _PROBE, start + length - 1, _RWF_NOWAIT)
+            except OSError:
+                return False  # cold (or no NOWAIT here): the general path decides
+        head = resp.head
+        try:
+            n = os.write(self.sockfd, head)
+        except OSError:
+            return False  # nothing was written; the general path retries or fails
+        if n < len(head):
+            resp.head = head[n:]
+            return False
+        try:
+            sent = os.sendfile(self.sockfd, fd, start, length)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            resp.head = b""
+            return False  # the general path's sendfile meets the error and handles it
+        if sent < length:
+            resp.head = b""
+            resp.pieces[0] = (start + sent, length - sent)
+            return False
+        return True
+
+    def _account(self, resp: Response, req: Request | None) -> None:
+        """Metrics and the access log for a response handed to the kernel."""
         st = self.state
         now = monotonic()
         m = st.metrics
@@ -596,6 +650,11 @@ class HttpProtocol(asyncio.Protocol):
                 log.record(self.client, req, resp, now - req.started)
         elif resp.note and log.enabled:
             log.record_error(self.client, resp)
+
+    def _finish(self) -> None:
+        resp = self.current
+        assert resp is not None and resp is not _PENDING
+        self._account(resp, self.cur_req)
         if resp.file is not None:
             resp.file.release()
         if self.waiting_writable:
