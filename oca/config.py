@@ -57,6 +57,8 @@ class ServerConfig:
     state_dir: str = "/var/lib/oca"
     access_log: str = "-"  # "-" = stderr, "" = off, otherwise a file path
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # uvloop when installed (the default); "asyncio" forces the standard library loop.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 @dataclass(frozen=True)

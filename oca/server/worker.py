@@ -382,12 +382,16 @@ def main() -> int:
         with contextlib.suppress(OSError):
             os.write(ready_fd, b"R")
 
-    try:
-        import uvloop
+    runner: Callable[..., int] = asyncio.run
+    if cfg.server.event_loop == "uvloop":
+        try:
+            import uvloop
 
-        runner: Callable[..., int] = uvloop.run if spec.get("uvloop", True) else asyncio.run
-    except ImportError:
-        runner = asyncio.run
+            runner = uvloop.run
+        except ImportError:
+            log.warning("uvloop is not installed; using the standard asyncio event loop")
+    log.info("worker %d event loop: %s", spec["slot"],
+             "uvloop" if runner is not asyncio.run else "asyncio")  # fmt: skip
     try:
         return runner(serve(cfg, listeners, spec["slot"], spec["metrics_dir"], on_ready))
     except (OcaError, OSError, ssl.SSLError) as exc:

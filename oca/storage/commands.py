@@ -107,6 +107,11 @@ def run_import(cfg: StorageConfig, src_dir: str, out: TextIO, *, tier: str | Non
         return 1 if counts["failed"] else 0
 
 
+#: The appliance reads ``/t/<token>/...`` as a signed URL (see oca.auth.tokens), so
+#: an object stored under it could never be addressed.
+RESERVED_PREFIX = "/t/"
+
+
 def _walk(
     src_dir: str, out: TextIO, counts: Counter[str]
 ) -> Iterator[tuple[str, str, os.stat_result]]:
@@ -134,6 +139,8 @@ def _walk(
                 continue
             path = "/" + os.path.relpath(full, src_dir).replace(os.sep, "/")
             why = validate_object_path(path)
+            if why is None and path.startswith(RESERVED_PREFIX):
+                why = f"{RESERVED_PREFIX} is reserved for signed-URL tokens"
             if why is not None:
                 shown = path.encode("utf-8", "backslashreplace").decode("utf-8")
                 print(f"error: {shown}: cannot be an object path: {why}", file=out)

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from oca.config import StorageConfig
+from oca.config import StorageConfig, TierConfig
 from oca.storage.commands import format_bytes, run_import, run_ls, run_verify
 from oca.storage.store import Store
 
@@ -145,3 +145,15 @@ def test_a_file_name_that_is_not_utf8_fails_the_import(cfg: StorageConfig, tmp_p
     assert code == 1
     assert "cannot be an object path: is not valid UTF-8" in text
     assert "imported 1 objects" in text and "1 failed" in text
+
+
+def test_import_refuses_the_token_prefix(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "t" / "x").mkdir(parents=True)
+    (src / "t" / "x" / "seg.m4s").write_bytes(b"data")
+    (src / "ok.m4s").write_bytes(b"fine")
+    cfg = StorageConfig(tiers=(TierConfig("ssd", (str(tmp_path / "d0"),)),))
+    out = io.StringIO()
+    assert run_import(cfg, str(src), out) == 1
+    assert "/t/x/seg.m4s: cannot be an object path: /t/ is reserved" in out.getvalue()
+    assert "imported 1 objects" in out.getvalue()
