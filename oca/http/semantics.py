@@ -372,27 +372,7 @@ def decide(rep: Representation, cond: Conditions, max_ranges: int = 16) -> Decis
     if cond.if_range is not None and not _if_range_holds(cond.if_range, rep):
         return _full(rep, "if-range-mismatch")
 
-    simple = _SIMPLE_RANGE.fullmatch(cond.range)
-    if simple is not None:
-        # Fast path for the one shape players send (``bytes=first-last``); it decides
-        # exactly what the general parser below would.
-        first, last = int(simple[1]), int(simple[2])
-        if first <= last:
-            if first >= rep.size:
-                return _UNSATISFIABLE
-            return Decision(206, (Span(first, min(last, rep.size - 1)),), "range")
-
-    specs = _parse_range(cond.range)
-    if isinstance(specs, str):
-        return _full(rep, specs)
-    if len(specs) > max_ranges:
-        return _full(rep, "range-ignored-too-many")
-    spans = _satisfiable_spans(specs, rep.size)
-    if not spans:
-        return Decision(416, (), "range-unsatisfiable")
-    if len(spans) == 1:
-        return Decision(206, (spans[0],), "range")
-    return Decision(206, tuple(spans), "multirange")
+    return _range_decision(rep, cond.range, max_ranges)
 
 
 def decide_range(rep: Representation, range_value: str, max_ranges: int = 16) -> Decision:
@@ -401,14 +381,31 @@ def decide_range(rep: Representation, range_value: str, max_ranges: int = 16) ->
     The hot path of a segment server: it skips building a :class:`Conditions` and
     answers exactly as ``decide(rep, Conditions("GET", range=range_value))`` would.
     """
-    simple = _SIMPLE_RANGE.fullmatch(range_value)
+    return _range_decision(rep, range_value, max_ranges)
+
+
+def _range_decision(rep: Representation, value: str, max_ranges: int) -> Decision:
+    """The answer to a GET's ``Range`` once the preconditions have passed (§14.2)."""
+    simple = _SIMPLE_RANGE.fullmatch(value)
     if simple is not None:
+        # Fast path for the one shape players send (``bytes=first-last``); it decides
+        # exactly what the general parser below would.
         first, last = int(simple[1]), int(simple[2])
         if first <= last:
             if first >= rep.size:
                 return _UNSATISFIABLE
             return Decision(206, (Span(first, min(last, rep.size - 1)),), "range")
-    return decide(rep, Conditions("GET", range_value), max_ranges)
+    specs = _parse_range(value)
+    if isinstance(specs, str):
+        return _full(rep, specs)
+    if len(specs) > max_ranges:
+        return _full(rep, "range-ignored-too-many")
+    spans = _satisfiable_spans(specs, rep.size)
+    if not spans:
+        return _UNSATISFIABLE
+    if len(spans) == 1:
+        return Decision(206, (spans[0],), "range")
+    return Decision(206, tuple(spans), "multirange")
 
 
 def content_range(span: Span, size: int) -> str:
