@@ -37,8 +37,9 @@ import logging
 import os
 import socket
 from collections import deque
+from collections.abc import Callable
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httptools
 
@@ -61,6 +62,7 @@ log = logging.getLogger("oca.server")
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 _MORE_THRESHOLD = 1 << 20  # cork the head onto the body only for large bodies
 _COPY_CHUNK = 256 << 10
+_T = TypeVar("_T")
 _LINGER_SECONDS = 2.0
 _PROBE = [bytearray(1)]
 _PROBE_BOTH = PROBE_BOTH_ENDS
@@ -523,13 +525,20 @@ class HttpProtocol(asyncio.Protocol):
             self._finish()
             self._process()
 
-    def _warm(self, f: OpenFile, start: int, count: int) -> None:
+    def _in_pool(
+        self, fn: Callable[[int, int, int], _T], f: OpenFile, start: int, count: int,
+        then: Callable[[_T], None],
+    ) -> None:  # fmt: skip
+        """Run a blocking read of a cold span in the I/O pool, then continue with ``then``.
+
+        An I/O error fails the response (and lets the store judge the disk).
+        """
         st = self.state
         self._stop_waiting_writable()
         self.busy_io = True
-        fut = self.loop.run_in_executor(st.io_pool, warm, f.fd, start, count)
+        fut = self.loop.run_in_executor(st.io_pool, fn, f.fd, start, count)
 
-        def done(fu: asyncio.Future[None]) -> None:
+        def done(fu: asyncio.Future[_T]) -> None:
             self.busy_io = False
             if self.closed:
                 return
@@ -538,27 +547,20 @@ class HttpProtocol(asyncio.Protocol):
                 self._send_failed(exc if isinstance(exc, OSError) else OSError(errno.EIO, str(exc)))
                 return
             st.metrics.inc("cold_reads", f.record.tier)
-            self.probed_until = start + count
-            self._resume()
+            then(fu.result())
 
         fut.add_done_callback(done)
 
-    def _read_cold(self, f: OpenFile, start: int, count: int) -> None:
-        st = self.state
-        self.busy_io = True
-        fut = self.loop.run_in_executor(st.io_pool, read_span, f.fd, start, count)
+    def _warm(self, f: OpenFile, start: int, count: int) -> None:
+        def warmed(_: None) -> None:
+            self.probed_until = start + count
+            self._resume()
 
-        def done(fu: asyncio.Future[bytes]) -> None:
-            self.busy_io = False
-            if self.closed:
-                return
-            try:
-                data = fu.result()
-            except OSError as exc:
-                self._send_failed(exc)
-                return
-            st.metrics.inc("cold_reads", f.record.tier)
-            st.metrics.inc("send_method_bytes", "copy", len(data))
+        self._in_pool(warm, f, start, count, warmed)
+
+    def _read_cold(self, f: OpenFile, start: int, count: int) -> None:
+        def read(data: bytes) -> None:
+            self.state.metrics.inc("send_method_bytes", "copy", len(data))
             self.transport.write(data)
             p = self.pieces[0]
             assert isinstance(p, tuple)
@@ -569,7 +571,7 @@ class HttpProtocol(asyncio.Protocol):
             if not self.write_paused:
                 self._resume()
 
-        fut.add_done_callback(done)
+        self._in_pool(read_span, f, start, count, read)
 
     def _send_failed(self, exc: BaseException) -> None:
         resp = self.current
