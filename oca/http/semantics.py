@@ -384,17 +384,34 @@ def decide_range(rep: Representation, range_value: str, max_ranges: int = 16) ->
     return _range_decision(rep, range_value, max_ranges)
 
 
+def simple_span(size: int, value: str) -> tuple[int, int] | None:
+    """``(start, end)`` when ``value`` is ``bytes=first-last`` and satisfiable, else None.
+
+    The one shape players send, decided without building a :class:`Decision`: where
+    this returns a span, :func:`decide_range` answers 206 with exactly that span (the
+    last position clamped to the representation, §14.1.1). None means "some other
+    case": the caller asks :func:`decide_range`, which decides them all.
+    """
+    m = _SIMPLE_RANGE.fullmatch(value)
+    if m is None:
+        return None
+    first = int(m[1])
+    last = int(m[2])
+    if first > last or first >= size:
+        return None
+    return first, (last if last < size else size - 1)
+
+
 def _range_decision(rep: Representation, value: str, max_ranges: int) -> Decision:
     """The answer to a GET's ``Range`` once the preconditions have passed (§14.2)."""
-    simple = _SIMPLE_RANGE.fullmatch(value)
+    simple = simple_span(rep.size, value)
     if simple is not None:
-        # Fast path for the one shape players send (``bytes=first-last``); it decides
-        # exactly what the general parser below would.
-        first, last = int(simple[1]), int(simple[2])
-        if first <= last:
-            if first >= rep.size:
-                return _UNSATISFIABLE
-            return Decision(206, (Span(first, min(last, rep.size - 1)),), "range")
+        return Decision(206, (Span(*simple),), "range")
+    return _parsed_range_decision(rep, value, max_ranges)
+
+
+def _parsed_range_decision(rep: Representation, value: str, max_ranges: int) -> Decision:
+    """:func:`_range_decision` by the full §14.1.1 parser, for every shape of value."""
     specs = _parse_range(value)
     if isinstance(specs, str):
         return _full(rep, specs)

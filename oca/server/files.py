@@ -54,7 +54,7 @@ class OpenFile:
     record: ObjectRecord
     headers: bytes  # static header block: Content-Type, ETag, Last-Modified, ...
     rep: Representation | None = None  # what RFC 9110 decisions need
-    prefix_206: bytes = b""  # status line + Server + static headers of a 206
+    prefix_206: bytes = b""  # a 206 head up to Date (ContentHandler._prefix_206)
     refs: int = 0
     evicted: bool = False
     referenced: bool = False

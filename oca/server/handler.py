@@ -29,6 +29,7 @@ from oca.http.semantics import (
     decide,
     decide_range,
     multipart_plan,
+    simple_span,
     unsatisfied_range,
 )
 from oca.server.files import OpenFile
@@ -48,6 +49,9 @@ _CONDITIONAL = frozenset(
     {b"range", b"if-range", b"if-match", b"if-none-match", b"if-modified-since",
      b"if-unmodified-since"}
 )  # fmt: skip
+_PRECONDITIONS = frozenset(
+    {b"if-range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since"}
+)
 _PATH_CACHE_SIZE = 16384
 _HEAD_206 = b"%b%b%bContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
 INTERNAL_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
@@ -145,7 +149,14 @@ class ContentHandler:
             rec,
             static,
             Representation(rec.size, etag_for(rec), int(rec.mtime)),
-            STATUS_LINES[206] + self.server_line + static,
+            self._prefix_206(static),
+        )
+
+    def _prefix_206(self, static: bytes) -> bytes:
+        """Status line, Server, the object's static headers and, when it does not depend
+        on the request, the CORS block: everything of a 206 head before Date."""
+        return (
+            STATUS_LINES[206] + self.server_line + static + (_CORS_ANY if self.any_origin else b"")
         )
 
     # ----------------------------------------------------------------- dispatch
@@ -249,33 +260,27 @@ class ContentHandler:
         rep = entry.rep
         if rep is None:
             rep = entry.rep = Representation(rec.size, etag_for(rec), int(rec.mtime))
-            entry.prefix_206 = STATUS_LINES[206] + self.server_line + entry.headers
+            entry.prefix_206 = self._prefix_206(entry.headers)
         rng = h.get(b"range")
-        if (
-            rng is not None
-            and b"if-range" not in h
-            and b"if-match" not in h
-            and b"if-none-match" not in h
-            and b"if-modified-since" not in h
-            and b"if-unmodified-since" not in h
-            and req.method == "GET"
-        ):
-            d = decide_range(rep, rng.decode("latin-1"), self.max_ranges)
-            if d.status == 206 and len(d.spans) == 1:
+        if rng is not None and _PRECONDITIONS.isdisjoint(h) and req.method == "GET":
+            value = rng.decode("latin-1")
+            simple = simple_span(rec.size, value)
+            if simple is not None:
                 # The hot path of a segment server: one range, no preconditions.
-                sp = d.spans[0]
-                n = sp.end - sp.start + 1
+                start, end = simple
+                n = end - start + 1
                 self.state.store.touch(rec.path, self.state.clock())
                 head_bytes = _HEAD_206 % (
                     entry.prefix_206,
                     date_header(),
-                    self._cors(h),
-                    sp.start,
-                    sp.end,
+                    b"" if self.any_origin else self._cors(h),
+                    start,
+                    end,
                     rec.size,
                     n,
                 )
-                return Response(206, head_bytes, [(sp.start, n)], entry, n, rec.tier, note="range")
+                return Response(206, head_bytes, [(start, n)], entry, n, rec.tier, note="range")
+            d = decide_range(rep, value, self.max_ranges)
             status, spans, note = d.status, d.spans, d.reason
         elif not _CONDITIONAL.isdisjoint(h):
             cond = Conditions(
@@ -307,7 +312,7 @@ class ContentHandler:
             head_bytes = _HEAD_206 % (
                 entry.prefix_206,
                 date_header(),
-                cors,
+                b"" if self.any_origin else cors,
                 sp.start,
                 sp.end,
                 size,

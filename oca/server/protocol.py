@@ -36,6 +36,7 @@ import errno
 import logging
 import os
 import socket
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
@@ -52,6 +53,7 @@ from oca.server.files import (
     warm,
 )
 from oca.server.handler import NeedsOpen, Request, parse_peer
+from oca.server.metrics import LATENCY_BUCKETS
 from oca.server.response import Response
 
 if TYPE_CHECKING:
@@ -238,7 +240,15 @@ class HttpProtocol(asyncio.Protocol):
         self._in_head = False
         self._head_bytes = 0
         h = self._headers
-        version = self._version = self.parser.get_http_version()
+        p = self.parser
+        # llhttp keeps a connection alive without a Connection (or Proxy-Connection)
+        # field only for HTTP/1.1: every other version it accepts needs "keep-alive"
+        # there. So the common request is recognised without get_http_version()
+        # building a string.
+        if b"connection" not in h and b"proxy-connection" not in h and p.should_keep_alive():
+            version = self._version = "1.1"
+        else:
+            version = self._version = p.get_http_version()
         if version != "1.1" and version != "1.0":
             self._fail = (505, "http-version-not-supported")
             raise _Abort
@@ -647,9 +657,12 @@ class HttpProtocol(asyncio.Protocol):
                 c["sendfile"] = c.get("sendfile", 0) + n
         log = st.access_log
         if req is not None:
-            m.observe_latency(now - req.started)
+            took = now - req.started
+            m.latency_buckets[bisect_left(LATENCY_BUCKETS, took)] += 1
+            m.latency_sum += took
+            m.latency_count += 1
             if log.enabled:
-                log.record(self.client, req, resp, now - req.started)
+                log.record(self.client, req, resp, took)
         elif resp.note and log.enabled:
             log.record_error(self.client, resp)
 

@@ -261,6 +261,16 @@ def test_http10_keep_alive(site: Site) -> None:
     assert status == 206 and body == obj.data[1:3]
 
 
+def test_http10_with_proxy_connection_is_still_http10(site: Site) -> None:
+    # llhttp reads Proxy-Connection like Connection: the request must still be taken
+    # as HTTP/1.0 (no Host needed), not as the HTTP/1.1 a bare keep-alive suggests.
+    obj = site.content["/titles/tos/v720/seg-00001.m4s"]
+    with open_socket(site) as s:
+        s.sendall(f"GET {obj.path} HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n".encode())
+        ((status, _h, body),) = read_responses(s, 1)
+    assert status == 200 and body == obj.data
+
+
 def test_connection_close_is_honoured(site: Site) -> None:
     obj = site.content["/titles/tos/manifest.mpd"]
     with open_socket(site) as s:
