@@ -63,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--no-quarantine", action="store_true", help="report only")
 
+    p = sub.add_parser("fill", help="run one fill cycle from the fill manifest")
+    _add_config(p)
+    p.add_argument("--now", action="store_true", help="ignore the fill window")
+    p.add_argument("--manifest", help="manifest URL or file (default fill.manifest)")
+
     p = sub.add_parser("sign", help="print a signed URL for PATH on this appliance")
     _add_config(p)
     p.add_argument("path")
@@ -137,6 +142,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             log.warning("NO [auth] KEYS CONFIGURED: serving every object to anyone without "
                         "a signed URL; configure [auth] keys for production")  # fmt: skip
         return run_server(cfg, overrides)
+    if cmd == "fill":
+        # The fill package builds on this one; imported here so `oca serve` never loads it.
+        from fill.run import run_fill
+
+        return run_fill(cfg, now=args.now, manifest_source=args.manifest)
     if cmd == "store":
         from oca.storage import commands
 

@@ -102,11 +102,37 @@ class AuthConfig:
 
 
 @dataclass(frozen=True)
+class FillConfig:
+    # Where the fill manifest comes from: an http(s) URL (the steering service) or a file.
+    manifest: str = ""
+    # Local time window "HH:MM-HH:MM" (may wrap midnight); each appliance starts up to
+    # window_jitter_seconds late, by a fixed offset derived from its hostname.
+    window: str = "02:00-14:00"
+    window_jitter_seconds: float = field(default=1800.0, metadata=_rng(0, 86400))
+    max_fill_rate_bits: int = field(default=1_000_000_000, metadata=_rng(8_000, 10**12))
+    # Appliances at the same site (base URLs of their content listeners), tried in order
+    # before the origin.
+    peers: tuple[str, ...] = ()
+    headroom_fraction: float = field(default=0.05, metadata=_rng(0.0, 0.9))
+    concurrency: int = field(default=4, metadata=_rng(1, 256))
+    attempts_per_source: int = field(default=2, metadata=_rng(1, 100))
+    retry_backoff_seconds: float = field(default=1.0, metadata=_rng(0.0, 3600))
+    connect_timeout_seconds: float = field(default=10.0, metadata=_rng(0.1, 600))
+    read_timeout_seconds: float = field(default=60.0, metadata=_rng(0.1, 3600))
+    # Objects requested this recently count as being served and are never evicted.
+    pin_recent_seconds: float = field(default=300.0, metadata=_rng(0, 86400))
+    progress_interval_seconds: float = field(default=10.0, metadata=_rng(0.1, 3600))
+    half_life_seconds: float = field(default=6 * 3600.0, metadata=_rng(1, 365 * 86400))
+    forecast_weight: float = field(default=1.0, metadata=_rng(0, 1e6))
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
     tls: TLSConfig = TLSConfig()
     storage: StorageConfig = StorageConfig()
     auth: AuthConfig = AuthConfig()
+    fill: FillConfig = FillConfig()
     source: str = ""  # file the config was loaded from ("" for defaults)
 
 
@@ -267,6 +293,10 @@ def _validate(cfg: Config) -> None:
             if norm in paths:
                 raise ConfigError(f"{key}.paths[{j}]", f"{p!r} is used twice")
             paths.add(norm)
+    parse_window(cfg.fill.window, "fill.window")
+    for i, peer in enumerate(cfg.fill.peers):
+        if not peer.startswith(("http://", "https://")):
+            raise ConfigError(f"fill.peers[{i}]", f"expected an http(s) base URL, got {peer!r}")
     ids: set[str] = set()
     for i, k in enumerate(cfg.auth.keys):
         _validate_key(k, f"auth.keys[{i}]")
@@ -277,6 +307,25 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "auth.signing_key_id", f"{cfg.auth.signing_key_id!r} is not among auth.keys"
         )
+
+
+def parse_window(text: str, key: str = "fill.window") -> tuple[int, int]:
+    """``"HH:MM-HH:MM"`` as (start, end) minutes after midnight; end may be before start
+    (the window wraps midnight) but not equal to it."""
+    try:
+        a, b = text.split("-")
+        minutes = []
+        for part in (a, b):
+            hh, mm = part.strip().split(":")
+            h, m = int(hh), int(mm)
+            if not (0 <= h <= 23 and 0 <= m <= 59):
+                raise ValueError
+            minutes.append(h * 60 + m)
+    except ValueError:
+        raise ConfigError(key, f"expected HH:MM-HH:MM in local time, got {text!r}") from None
+    if minutes[0] == minutes[1]:
+        raise ConfigError(key, f"{text!r} is empty: start and end are the same")
+    return minutes[0], minutes[1]
 
 
 def _validate_key(k: AuthKey, key: str) -> None:

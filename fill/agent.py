@@ -1,0 +1,458 @@
+"""Executing a fill plan: fetch from peers then origin, verify, commit, evict (I/O).
+
+Theory of operation
+-------------------
+The plan (:mod:`fill.planner`) says what to fetch, hottest first, and which held
+objects may go to make room. This module carries it out with ``concurrency`` transfers
+sharing one rate cap (:class:`fill.rate.RateLimiter`):
+
+- **Sources.** For each object: the site's peers (``fill.peers``, in order), then the
+  manifest's origin URLs. A peer that does not hold the object answers 404 and is
+  skipped at once; a connection error, timeout or 5xx is retried with backoff
+  (``attempts_per_source``) and then the next source is tried. A source that returns
+  wrong bytes (a size or sha256 that does not match the manifest) is logged with its
+  address and not used again for the rest of the run.
+- **Never partial, never corrupt.** Bytes go to ``<disk>/.oca/fill/<sha256>.part`` on
+  the planned disk, hashed as they arrive. An interrupted transfer (a crash, the end of
+  the window, a dropped connection) leaves the part file; the next attempt hashes what
+  is there and asks for the rest with ``Range: bytes=N-`` (a 200 instead of a 206 starts
+  over). Only a part file whose size and sha256 match the manifest is committed, through
+  the store's own temp file / fsync / rename / journal sequence, so the inventory never
+  lists an object whose bytes are wrong, whatever instant the process dies at.
+- **Room.** Before an object is committed to a disk, planned evictions on that disk are
+  carried out, coldest first, until it fits. An object requested in the last
+  ``pin_recent_seconds`` counts as being served and is skipped, as are objects being
+  filled. (A response already in flight is safe anyway: it holds an open descriptor,
+  and removing the file does not cut it.)
+- **The window.** At the window's end, no new transfer starts and running ones are
+  cancelled; their part files are resumed by the next run.
+
+Progress goes to a terminal as a one-line bar, otherwise as periodic structured log
+lines; counters go to :mod:`fill.metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+from fill.metrics import FillMetrics
+from fill.planner import Eviction, Fetch, FillPlan
+from fill.rate import RateLimiter
+from oca.auth.tokens import signed_path
+from oca.config import Config, load_auth_keys
+from oca.errors import CapacityExceeded, OcaError, StorageError
+from oca.storage.inventory import describe_os_error
+from oca.storage.store import Store
+
+log = logging.getLogger("fill.agent")
+
+CHUNK_BYTES = 256 << 10
+PART_DIR = ".oca/fill"
+SourceKind = Literal["peer", "origin"]
+
+
+class _NotThere(Exception):
+    """The source does not hold the object (404/410): try the next one at once."""
+
+
+class _Transfer(Exception):
+    """A transfer failed in a way worth retrying (connection, timeout, 5xx, short body)."""
+
+
+class _WrongBytes(Exception):
+    """The source sent bytes that do not match the manifest: never use it again."""
+
+
+class _LocalFailure(Exception):
+    """Our side failed (disk full, disk error): no other source can help this run."""
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    url: str
+    kind: SourceKind
+    address: str  # scheme://host:port, the unit a bad source is banned by
+
+
+@dataclass
+class FillSummary:
+    planned: int = 0
+    planned_bytes: int = 0
+    fetched: int = 0
+    fetched_bytes: int = 0
+    bytes_by_source: dict[str, int] = field(default_factory=lambda: {"peer": 0, "origin": 0})
+    evicted: int = 0
+    evicted_bytes: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    not_fitting: int = 0
+    already_held: int = 0
+    left_for_next_run: int = 0
+    stopped_at_window_end: bool = False
+    bad_sources: dict[str, str] = field(default_factory=dict)  # address -> why
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [
+            f"fetched {self.fetched} of {self.planned} planned objects "
+            f"({_size(self.fetched_bytes)} of {_size(self.planned_bytes)}), "
+            f"{_size(self.bytes_by_source['peer'])} from peers, "
+            f"{_size(self.bytes_by_source['origin'])} from the origin, in {self.seconds:.1f}s",
+            f"evicted {self.evicted} objects ({_size(self.evicted_bytes)}); "
+            f"{self.already_held} already held; {self.not_fitting} do not fit",
+        ]
+        if self.stopped_at_window_end:
+            out.append(
+                f"stopped at the end of the fill window: {self.left_for_next_run} "
+                "objects left for the next run"
+            )
+        for addr, why in sorted(self.bad_sources.items()):
+            out.append(f"source {addr} not used again: {why}")
+        for path, why in sorted(self.failed.items()):
+            out.append(f"failed {path}: {why}")
+        return out
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def part_path(disk_root: str, sha256: str) -> str:
+    return os.path.join(disk_root, PART_DIR, f"{sha256}.part")
+
+
+class FillRun:
+    """One execution of one plan; create, then ``await run()``."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        plan: FillPlan,
+        metrics: FillMetrics,
+        *,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.time,
+        progress: Callable[[FillSummary, int, int], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.fcfg = cfg.fill
+        self.store = store
+        self.plan = plan
+        self.metrics = metrics
+        self.deadline = deadline  # time.monotonic() at which to stop
+        self.clock = clock
+        self.progress = progress
+        self.summary = FillSummary(
+            planned=len(plan.fetches),
+            planned_bytes=plan.fetch_bytes,
+            not_fitting=len(plan.not_fitting),
+            already_held=len(plan.held),
+        )
+        self.limiter = RateLimiter(self.fcfg.max_fill_rate_bits)
+        self.in_flight: set[str] = set()
+        self.bytes_in_flight = 0
+        self.bad: dict[str, str] = self.summary.bad_sources
+        self._evictions: dict[str, list[Eviction]] = {}
+        for e in plan.evictions:  # coldest first
+            self._evictions.setdefault(e.disk, []).append(e)
+        self._commit_lock = asyncio.Lock()
+        self._keys = load_auth_keys(cfg.auth) if (cfg.auth.keys or cfg.auth.keys_file) else ()
+
+    # ------------------------------------------------------------------ driver
+    async def run(self) -> FillSummary:
+        started = time.monotonic()
+        queue: asyncio.Queue[Fetch] = asyncio.Queue()
+        for f in self.plan.fetches:
+            queue.put_nowait(f)
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.fcfg.connect_timeout_seconds,
+            sock_read=self.fcfg.read_timeout_seconds,
+        )
+        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+            self.session = session
+            workers = [
+                asyncio.create_task(self._worker(queue), name=f"fill-{i}")
+                for i in range(min(self.fcfg.concurrency, max(len(self.plan.fetches), 1)))
+            ]
+            reporter = asyncio.create_task(self._report(), name="fill-progress")
+            try:
+                if self.deadline is None:
+                    await asyncio.gather(*workers)
+                else:
+                    remaining = self.deadline - time.monotonic()
+                    done, pending = await asyncio.wait(workers, timeout=max(remaining, 0))
+                    for t in done:
+                        t.result()  # an unexpected error surfaces here, once
+                    if pending:
+                        self.summary.stopped_at_window_end = True
+                        for t in pending:
+                            t.cancel()
+                        await asyncio.gather(*pending, return_exceptions=True)
+            finally:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+        s = self.summary
+        s.left_for_next_run = s.planned - s.fetched - len(s.failed)
+        s.seconds = time.monotonic() - started
+        return s
+
+    async def _report(self) -> None:
+        while True:
+            await asyncio.sleep(self.fcfg.progress_interval_seconds)
+            if self.progress is not None:
+                self.progress(self.summary, self.bytes_in_flight, len(self.in_flight))
+            self.metrics.save()
+
+    async def _worker(self, queue: asyncio.Queue[Fetch]) -> None:
+        while not queue.empty():
+            f = queue.get_nowait()
+            self.in_flight.add(f.path)
+            try:
+                await self._fill_one(f)
+            finally:
+                self.in_flight.discard(f.path)
+
+    # ------------------------------------------------------------------ one object
+    async def _fill_one(self, f: Fetch) -> None:
+        reasons: list[str] = []
+        for src in self._sources(f):
+            if src.address in self.bad:
+                continue
+            for attempt in range(self.fcfg.attempts_per_source):
+                try:
+                    await self._download(f, src)
+                    await self._commit(f)
+                except _NotThere as exc:
+                    reasons.append(f"{src.address}: {exc}")
+                    break
+                except _WrongBytes as exc:
+                    why = f"sent wrong bytes for {f.path}: {exc}"
+                    self.bad[src.address] = why
+                    log.warning(
+                        "fill source %s %s; not using it again in this run", src.address, why
+                    )
+                    self.metrics.inc("source_errors", src.kind)
+                    reasons.append(f"{src.address}: wrong bytes ({exc})")
+                    break
+                except _Transfer as exc:
+                    reasons.append(f"{src.address}: {exc}")
+                    self.metrics.inc("source_errors", src.kind)
+                    if attempt + 1 < self.fcfg.attempts_per_source:
+                        await asyncio.sleep(self.fcfg.retry_backoff_seconds * 2**attempt)
+                    continue
+                except _LocalFailure as exc:
+                    self._failed(f, str(exc))
+                    return
+                else:
+                    self.summary.fetched += 1
+                    self.summary.fetched_bytes += f.size
+                    self.metrics.inc("objects", "done")
+                    self.metrics.set_last_success(self.clock())
+                    return
+        self._failed(f, "; ".join(reasons) or "no source to fetch it from")
+
+    def _failed(self, f: Fetch, reason: str) -> None:
+        self.summary.failed[f.path] = reason
+        self.metrics.inc("objects", "failed")
+        log.warning("fill of %s failed: %s", f.path, reason)
+
+    def _sources(self, f: Fetch) -> list[Source]:
+        out: list[Source] = []
+        for peer in self.fcfg.peers:
+            out.append(
+                Source(peer.rstrip("/") + quote(self._peer_path(f.path)), "peer", _address(peer))
+            )
+        for url in f.sources:
+            out.append(Source(url, "origin", _address(url)))
+        return out
+
+    def _peer_path(self, path: str) -> str:
+        if not self._keys:
+            return path
+        key = next((k for k in self._keys if k.id == self.cfg.auth.signing_key_id), self._keys[0])
+        return signed_path(key.id, bytes.fromhex(key.secret), path, int(self.clock()) + 3600)
+
+    async def _download(self, f: Fetch, src: Source) -> None:
+        part = part_path(f.disk, f.sha256)
+        loop = asyncio.get_running_loop()
+        try:
+            os.makedirs(os.path.dirname(part), exist_ok=True)
+            fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise _LocalFailure(f"cannot open {part}: {describe_os_error(exc)}") from None
+        try:
+            have = os.fstat(fd).st_size
+            if have > f.size:
+                os.ftruncate(fd, 0)
+                have = 0
+            h, have = await loop.run_in_executor(None, _hash_prefix, fd, have)
+            if have == f.size:
+                if h.hexdigest() == f.sha256:
+                    os.fsync(fd)
+                    return
+                os.ftruncate(fd, 0)  # complete but wrong (an earlier source): start over
+                have = 0
+                h = hashlib.sha256()
+            resumed = have > 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                async with self.session.get(src.url, headers=headers, allow_redirects=True) as r:
+                    if r.status in (404, 410):
+                        raise _NotThere(f"HTTP {r.status}")
+                    if r.status == 206 and have:
+                        first, total = _content_range(r.headers.get("Content-Range", ""))
+                        if first != have or total != f.size:
+                            raise _WrongBytes(
+                                f"Content-Range {r.headers.get('Content-Range')!r} for a "
+                                f"resume at {have} of {f.size} bytes"
+                            )
+                    elif r.status == 200:
+                        if have:
+                            os.ftruncate(fd, 0)
+                            have = 0
+                            h = hashlib.sha256()
+                    else:
+                        raise _Transfer(f"HTTP {r.status}")
+                    pos = have
+                    async for chunk in r.content.iter_chunked(CHUNK_BYTES):
+                        if pos + len(chunk) > f.size:
+                            raise _WrongBytes(f"more than the {f.size} bytes the manifest lists")
+                        await self.limiter.take(len(chunk))
+                        await loop.run_in_executor(None, _pwrite_all, fd, chunk, pos)
+                        h.update(chunk)
+                        pos += len(chunk)
+                        self.bytes_in_flight += len(chunk)
+                        self.summary.bytes_by_source[src.kind] += len(chunk)
+                        self.metrics.inc("bytes", src.kind, len(chunk))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _Transfer(f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
+            if pos < f.size:
+                raise _Transfer(f"connection ended after {pos} of {f.size} bytes")
+            digest = h.hexdigest()
+            if digest != f.sha256:
+                os.ftruncate(fd, 0)
+                if resumed:
+                    # The prefix came from an earlier attempt, perhaps another source:
+                    # start over before blaming this one.
+                    raise _Transfer("resumed bytes did not verify; starting over")
+                raise _WrongBytes(f"sha256 {digest} over {pos} bytes, expected {f.sha256}")
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                _unlink(part)
+            raise _LocalFailure(f"writing {part}: {describe_os_error(exc)}") from None
+        finally:
+            os.close(fd)
+
+    async def _commit(self, f: Fetch) -> None:
+        part = part_path(f.disk, f.sha256)
+        loop = asyncio.get_running_loop()
+        async with self._commit_lock:
+            await self._make_room(f)
+            try:
+                await loop.run_in_executor(
+                    None,
+                    lambda: self.store.put_file(f.path, part, sha256=f.sha256, tier=f.tier),
+                )
+            except CapacityExceeded as exc:
+                _unlink(part)  # it cannot be placed this run; do not keep its space
+                raise _LocalFailure(f"no room: {exc}") from None
+            except StorageError as exc:
+                raise _LocalFailure(str(exc)) from None
+            _unlink(part)
+
+    async def _make_room(self, f: Fetch) -> None:
+        """Carry out planned evictions on the fetch's disk until it fits the budget."""
+        victims = self._evictions.get(f.disk)
+        if not victims:
+            return
+        loop = asyncio.get_running_loop()
+        status = next((d for d in self.store.disks() if d.id == f.disk), None)
+        if status is None:
+            return
+        budget = int(status.capacity_bytes * (1 - self.fcfg.headroom_fraction))
+        used = status.used_bytes
+        recent = self.clock() - self.fcfg.pin_recent_seconds
+        while victims and used + f.size > budget:
+            e = victims.pop(0)
+            rec = self.store.lookup(e.path)
+            if rec is None or rec.disk != e.disk:
+                continue
+            current = next((r for r in self.store.records() if r.path == e.path), rec)
+            if e.path in self.in_flight or current.last_access >= recent:
+                log.info("not evicting %s: it is being served or filled", e.path)
+                continue
+            removed = await loop.run_in_executor(None, self.store.remove, e.path)
+            if removed:
+                used -= e.size
+                self.summary.evicted += 1
+                self.summary.evicted_bytes += e.size
+                self.metrics.inc("evicted_bytes", "", e.size)
+                log.info(
+                    "evicted %s (%d bytes, priority %.3g): %s", e.path, e.size, e.priority, e.reason
+                )
+
+
+def _address(url: str) -> str:
+    u = urlsplit(url)
+    port = u.port or (443 if u.scheme == "https" else 80)
+    return f"{u.scheme}://{u.hostname}:{port}"
+
+
+def _content_range(value: str) -> tuple[int, int]:
+    try:
+        unit, rest = value.split(" ", 1)
+        span, total = rest.split("/")
+        first = span.split("-")[0]
+        if unit != "bytes":
+            raise ValueError
+        return int(first), int(total)
+    except ValueError:
+        return -1, -1
+
+
+def _hash_prefix(fd: int, n: int) -> tuple[hashlib._Hash, int]:
+    """The sha256 of the first ``n`` bytes of ``fd`` and how many there really were."""
+    h = hashlib.sha256()
+    pos = 0
+    while pos < n:
+        chunk = os.pread(fd, min(CHUNK_BYTES * 4, n - pos), pos)
+        if not chunk:
+            break
+        h.update(chunk)
+        pos += len(chunk)
+    return h, pos
+
+
+def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+__all__ = ["FillRun", "FillSummary", "OcaError", "part_path"]

@@ -1,0 +1,231 @@
+"""``oca fill``: one fill cycle, from the manifest to a summary (the shell).
+
+load config -> check the window -> take the fill lock -> load the manifest -> open the
+store -> plan (pure) -> clear stale part files -> execute -> save metrics -> summary.
+Exit codes: 0 done (or outside the window), 1 some objects failed, 2 bad config or
+manifest, 3 cannot start (store, lock, manifest source unreachable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import IO
+
+import aiohttp
+
+from fill.agent import PART_DIR, FillRun, FillSummary
+from fill.manifest import Manifest, ManifestError, parse_manifest
+from fill.metrics import FillMetrics
+from fill.planner import DiskSpace, FillPlan, HeldObject, plan_fill
+from fill.policy import PolicyParams
+from fill.window import jitter_offset, window_state
+from oca.config import Config, parse_window
+from oca.errors import StorageError
+from oca.storage.store import Store
+
+log = logging.getLogger("fill.agent")
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_START = 0, 1, 2, 3
+
+
+class CannotStart(Exception):
+    pass
+
+
+async def fetch_manifest(source: str, timeout_seconds: float) -> Manifest:
+    """The manifest from a URL or a file; ManifestError or CannotStart on failure."""
+    if source.startswith(("http://", "https://")):
+        timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as s, s.get(source) as r:
+                if r.status != 200:
+                    raise CannotStart(f"manifest {source}: HTTP {r.status}")
+                data = await r.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CannotStart(f"manifest {source}: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
+            with open(source, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise CannotStart(f"manifest {source}: {exc.strerror}") from None
+    return parse_manifest(data)
+
+
+@contextlib.contextmanager
+def fill_lock(state_dir: str) -> Iterator[None]:
+    path = os.path.join(state_dir, "fill", "lock")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CannotStart(f"another fill is running (lock {path} is held)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def plan_for(cfg: Config, store: Store, manifest: Manifest, now: float) -> FillPlan:
+    held: dict[str, HeldObject] = {}
+    pinned: set[str] = set()
+    recent = now - cfg.fill.pin_recent_seconds
+    for r in store.records():
+        held[r.path] = HeldObject(r.path, r.size, r.sha256, r.tier, r.disk, r.hits, r.last_access)
+        if r.last_access >= recent:
+            pinned.add(r.path)
+    disks = [DiskSpace(d.id, d.tier, d.capacity_bytes, d.state == "ok") for d in store.disks()]
+    params = PolicyParams(cfg.fill.half_life_seconds, cfg.fill.forecast_weight)
+    return plan_fill(
+        manifest,
+        held,
+        disks,
+        store.tiers,
+        now,
+        headroom_fraction=cfg.fill.headroom_fraction,
+        pinned=frozenset(pinned),
+        params=params,
+    )
+
+
+def clear_stale_parts(store: Store, plan: FillPlan) -> int:
+    """Remove part files no fetch of this plan will resume; the number removed."""
+    keep = {(f.disk, f"{f.sha256}.part") for f in plan.fetches}
+    removed = 0
+    for d in store.disks():
+        folder = os.path.join(d.id, PART_DIR)
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            if (d.id, name) not in keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
+
+
+class Progress:
+    """A one-line bar on a terminal, periodic log lines otherwise."""
+
+    def __init__(self, out: IO[str], planned_bytes: int) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.planned = max(planned_bytes, 1)
+        self.started = time.monotonic()
+
+    def __call__(self, s: FillSummary, received: int, active: int) -> None:
+        took = max(time.monotonic() - self.started, 1e-6)
+        rate = received * 8 / took
+        frac = min(received / self.planned, 1.0)
+        if self.tty:
+            bar = "#" * int(frac * 30)
+            self.out.write(
+                f"\r[{bar:<30}] {frac:5.1%} {received >> 20} MiB {s.fetched} done "
+                f"{len(s.failed)} failed {active} active {rate / 1e6:.1f} Mbit/s "
+            )
+            self.out.flush()
+        else:
+            log.info(
+                "fill progress: received_bytes=%d planned_bytes=%d done=%d failed=%d "
+                "active=%d rate_bits=%.0f",
+                received,
+                self.planned,
+                s.fetched,
+                len(s.failed),
+                active,
+                rate,
+            )
+
+    def finish(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def run_fill(
+    cfg: Config, *, now: bool = False, manifest_source: str | None = None, out: IO[str] = sys.stdout
+) -> int:
+    start_min, end_min = parse_window(cfg.fill.window)
+    deadline: float | None = None
+    if not now:
+        offset = jitter_offset(socket.gethostname(), cfg.fill.window_jitter_seconds)
+        state = window_state(datetime.now(), start_min, end_min, offset)
+        if not state.inside:
+            print(
+                f"oca fill: outside the fill window {cfg.fill.window} (this appliance starts "
+                f"at {state.next_start:%Y-%m-%d %H:%M:%S}); use --now to fill anyway",
+                file=out,
+            )
+            return EXIT_OK
+        assert state.end is not None
+        deadline = time.monotonic() + (state.end - datetime.now()).total_seconds()
+    source = manifest_source or cfg.fill.manifest
+    if not source:
+        print("oca fill: no manifest: set fill.manifest or pass --manifest", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        with fill_lock(cfg.server.state_dir):
+            return asyncio.run(_run(cfg, source, deadline, out))
+    except CannotStart as exc:
+        print(f"oca fill: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    except ManifestError as exc:
+        print(f"oca fill: bad manifest: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+async def _run(cfg: Config, source: str, deadline: float | None, out: IO[str]) -> int:
+    manifest = await fetch_manifest(
+        source, cfg.fill.connect_timeout_seconds + cfg.fill.read_timeout_seconds
+    )
+    loop = asyncio.get_running_loop()
+    try:
+        store = await loop.run_in_executor(None, Store.open, cfg.storage)
+    except StorageError as exc:
+        raise CannotStart(f"store: {exc}") from None
+    metrics = FillMetrics(cfg.server.state_dir)
+    try:
+        plan = plan_for(cfg, store, manifest, time.time())
+        removed = clear_stale_parts(store, plan)
+        log.info(
+            "fill plan: %d objects to fetch (%d bytes), %d already held, %d evictions "
+            "allowed (%d bytes), %d do not fit; %d stale part files removed",
+            len(plan.fetches),
+            plan.fetch_bytes,
+            len(plan.held),
+            len(plan.evictions),
+            plan.evict_bytes,
+            len(plan.not_fitting),
+            removed,
+        )
+        for n in plan.not_fitting[:20]:
+            log.info("does not fit: %s (%d bytes): %s", n.path, n.size, n.reason)
+        progress = Progress(out, plan.fetch_bytes)
+        metrics.running = 1
+        metrics.remaining_bytes = plan.fetch_bytes
+        metrics.save()
+        run = FillRun(cfg, store, plan, metrics, deadline=deadline, progress=progress)
+        summary = await run.run()
+        progress(summary, run.bytes_in_flight, 0)
+        progress.finish()
+    finally:
+        metrics.running = 0
+        with contextlib.suppress(NameError):
+            metrics.remaining_bytes = max(plan.fetch_bytes - summary.fetched_bytes, 0)
+        metrics.save()
+        store.close()
+    for line in summary.lines():
+        print(f"oca fill: {line}", file=out)
+    return EXIT_FAILED if summary.failed else EXIT_OK
