@@ -34,6 +34,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 # Upper bounds of the latency histogram (seconds): from first request byte parsed to
@@ -227,6 +228,43 @@ class AggregateCollector(Collector):
         yield h
         for c in self.extra:
             yield from c.collect()
+
+
+class TextfileCollector(Collector):
+    """The ``*.prom`` files of a directory (``<state_dir>/metrics.d``), re-read per scrape.
+
+    Other processes of the appliance that do not serve HTTP, the fill agent first,
+    publish their metrics there, in the text format, by atomic rename (the textfile
+    collector convention of node_exporter). Only ``oca_*`` families are taken; a file
+    that does not parse is skipped and counted in ``oca_textfile_errors``.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterator[Any]:
+        errors = 0
+        try:
+            names = sorted(n for n in os.listdir(self.directory) if n.endswith(".prom"))
+        except OSError:
+            names = []
+        seen: set[str] = set()
+        for name in names:
+            try:
+                text = Path(self.directory, name).read_text(encoding="utf-8")
+                families = list(text_string_to_metric_families(text))
+            except (OSError, ValueError, UnicodeDecodeError):
+                errors += 1
+                continue
+            for fam in families:
+                if fam.name.startswith("oca_") and fam.name not in seen:
+                    seen.add(fam.name)
+                    yield fam
+        yield GaugeMetricFamily(
+            "oca_textfile_errors",
+            "metrics.d/*.prom files that could not be read or parsed at this scrape.",
+            value=errors,
+        )
 
 
 def render(collector: Collector) -> bytes:

@@ -43,7 +43,13 @@ from oca.errors import ConfigError, OcaError
 from oca.server.accesslog import AccessLog
 from oca.server.files import OpenFile, OpenFileCache, open_object
 from oca.server.handler import ContentHandler
-from oca.server.metrics import AggregateCollector, WorkerMetrics, render, write_snapshot
+from oca.server.metrics import (
+    AggregateCollector,
+    TextfileCollector,
+    WorkerMetrics,
+    render,
+    write_snapshot,
+)
 from oca.server.response import Response
 from oca.server.tlsinfo import ktls_available, make_server_context
 from oca.storage.inventory import ObjectRecord
@@ -113,7 +119,13 @@ class WorkerState:
         self.metrics_dir = metrics_dir
         self.metrics_name = f"worker-{slot}-{self.pid}.json"
         self.collector = AggregateCollector(
-            self.metrics, metrics_dir, self.metrics_name, extra=[StoreCollector(self)]
+            self.metrics,
+            metrics_dir,
+            self.metrics_name,
+            extra=[
+                StoreCollector(self),
+                TextfileCollector(os.path.join(cfg.server.state_dir, "metrics.d")),
+            ],
         )
         self.files = OpenFileCache(
             cfg.storage.open_file_cache_size, cfg.storage.open_file_cache_ttl_seconds, loop.time

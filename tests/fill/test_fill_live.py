@@ -15,7 +15,7 @@ import pytest
 
 from oca.config import load_config
 from oca.storage.store import Store
-from tests.appliance import Appliance
+from tests.appliance import Appliance, fetch
 from tests.fill.origin import Origin
 
 MiB = 1 << 20
@@ -128,6 +128,20 @@ def test_peer_first_then_origin(tmp_path: Path, peer: tuple[Appliance, dict[str,
     # A second run has nothing to do.
     again = run_fill(app)
     assert again.returncode == 0 and "fetched 0 of 0 planned" in again.stdout
+    # The appliance's /metrics carries the fill's counters (kept across both runs).
+    app.start()
+    try:
+        status, _h, body = fetch(*app.host_port, "/metrics")
+    finally:
+        app.stop()
+    text = body.decode()
+    origin_bytes = sum(len(d) for d in list(objects.values())[4:])
+    assert status == 200
+    assert f'oca_fill_bytes_total{{source="peer"}} {float(peer_bytes)}' in text
+    assert f'oca_fill_bytes_total{{source="origin"}} {float(origin_bytes)}' in text
+    assert 'oca_fill_objects_total{result="done"} 8.0' in text
+    assert "oca_fill_last_success_timestamp_seconds 1." in text
+    assert "oca_textfile_errors 0.0" in text
 
 
 def test_unreachable_peer_and_failing_origin_url_fall_back(tmp_path: Path) -> None:
