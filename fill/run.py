@@ -25,6 +25,7 @@ import aiohttp
 from fill.agent import PART_DIR, FillRun, FillSummary
 from fill.manifest import Manifest, ManifestError, parse_manifest
 from fill.metrics import FillMetrics
+from fill.mover import plan_moves
 from fill.planner import DiskSpace, FillPlan, HeldObject, plan_fill
 from fill.policy import PolicyParams
 from fill.window import jitter_offset, window_state
@@ -154,6 +155,74 @@ class Progress:
             self.out.flush()
 
 
+def run_moves(
+    cfg: Config,
+    store: Store,
+    forecast: dict[str, float] | None,
+    out: IO[str],
+    deadline: float | None = None,
+) -> tuple[int, list[str]]:
+    """Plan and carry out tier moves one at a time; (moved, failures)."""
+    now = time.time()
+    held = [
+        HeldObject(r.path, r.size, r.sha256, r.tier, r.disk, r.hits, r.last_access)
+        for r in store.records()
+    ]
+    disks = [DiskSpace(d.id, d.tier, d.capacity_bytes, d.state == "ok") for d in store.disks()]
+    params = PolicyParams(cfg.fill.half_life_seconds, cfg.fill.forecast_weight)
+    moves = plan_moves(
+        held,
+        disks,
+        store.tiers,
+        now,
+        headroom_fraction=cfg.fill.headroom_fraction,
+        forecast=forecast,
+        params=params,
+    )
+    moved = 0
+    failures: list[str] = []
+    for m in moves:
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        try:
+            store.move(m.path, m.to_tier)
+        except StorageError as exc:
+            failures.append(f"{m.path}: {exc}")
+            log.warning("moving %s from %s to %s failed: %s", m.path, m.from_tier, m.to_tier, exc)
+            continue
+        moved += 1
+        log.info(
+            "moved %s from %s to %s (priority %.3g): %s",
+            m.path,
+            m.from_tier,
+            m.to_tier,
+            m.priority,
+            m.reason,
+        )
+    print(
+        f"oca fill: tier moves: {moved} of {len(moves)} planned done"
+        + (f", {len(failures)} failed" if failures else ""),
+        file=out,
+    )
+    return moved, failures
+
+
+def run_tiers_only(cfg: Config, out: IO[str] = sys.stdout) -> int:
+    """``oca fill --tiers-only``: only the tier mover, at any time of day."""
+    try:
+        with fill_lock(cfg.server.state_dir):
+            try:
+                store = Store.open(cfg.storage)
+            except StorageError as exc:
+                raise CannotStart(f"store: {exc}") from None
+            with store:
+                _moved, failures = run_moves(cfg, store, None, out)
+    except CannotStart as exc:
+        print(f"oca fill: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    return EXIT_FAILED if failures else EXIT_OK
+
+
 def run_fill(
     cfg: Config, *, now: bool = False, manifest_source: str | None = None, out: IO[str] = sys.stdout
 ) -> int:
@@ -220,6 +289,9 @@ async def _run(cfg: Config, source: str, deadline: float | None, out: IO[str]) -
         summary = await run.run()
         progress(summary, run.bytes_in_flight, 0)
         progress.finish()
+        if not summary.stopped_at_window_end:
+            forecast = {o.path: o.popularity for o in manifest.objects}
+            await loop.run_in_executor(None, run_moves, cfg, store, forecast, out, deadline)
     finally:
         metrics.running = 0
         with contextlib.suppress(NameError):

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--now", action="store_true", help="ignore the fill window")
     p.add_argument("--manifest", help="manifest URL or file (default fill.manifest)")
+    p.add_argument(
+        "--tiers-only",
+        action="store_true",
+        help="only move objects between tiers by their recent requests",
+    )
 
     p = sub.add_parser("sign", help="print a signed URL for PATH on this appliance")
     _add_config(p)
@@ -144,8 +149,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_server(cfg, overrides)
     if cmd == "fill":
         # The fill package builds on this one; imported here so `oca serve` never loads it.
-        from fill.run import run_fill
+        from fill.run import run_fill, run_tiers_only
 
+        if args.tiers_only:
+            return run_tiers_only(cfg)
         return run_fill(cfg, now=args.now, manifest_source=args.manifest)
     if cmd == "store":
         from oca.storage import commands

@@ -84,6 +84,8 @@ class StorageConfig:
     open_file_cache_size: int = field(default=4096, metadata=_rng(1, 1_000_000))
     open_file_cache_ttl_seconds: float = field(default=60.0, metadata=_rng(0.1, 86400))
     io_threads: int = field(default=8, metadata=_rng(1, 512))
+    # How often request counts are merged into the disks' indexes (never per request).
+    access_stats_flush_seconds: float = field(default=60.0, metadata=_rng(0.1, 86400))
 
 
 @dataclass(frozen=True)

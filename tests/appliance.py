@@ -27,6 +27,7 @@ class Appliance:
     tls_cert: tuple[str, str] | None = None  # (cert_file, key_file)
     internal: bool = False
     extra: str = ""  # raw TOML appended to [server]
+    storage_extra: str = ""  # raw TOML appended to [storage]
     tiers: tuple[tuple[str, int], ...] = (("ssd", 2), ("hdd", 1))
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
@@ -63,6 +64,7 @@ class Appliance:
                 f'key_file = "{self.tls_cert[1]}"',
             ]
         lines += ["[storage]", "disk_check_interval_seconds = 0.2", "inventory_poll_seconds = 0.2"]
+        lines.append(self.storage_extra)
         for name, n in self.tiers:
             paths = ", ".join(f'"{self.root}/{name}{i}"' for i in range(n))
             lines += ["[[storage.tiers]]", f'name = "{name}"', f"paths = [{paths}]"]

@@ -319,7 +319,13 @@ async def serve(
         asyncio.create_task(
             _every(cfg.storage.inventory_poll_seconds, lambda: _refresh(state), "inventory refresh")
         ),
-        asyncio.create_task(_every(60.0, lambda: _flush_stats(state), "access stats")),
+        asyncio.create_task(
+            _every(
+                cfg.storage.access_stats_flush_seconds,
+                lambda: _flush_stats(state),
+                "access stats",
+            )
+        ),
     ]
     # Everything allocated so far (config, inventory, modules) lives for the whole run:
     # move it out of the collector's sight, and collect young objects less often.

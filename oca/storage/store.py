@@ -801,6 +801,31 @@ class Store:
             except StorageError as exc:
                 log.warning("could not remove superseded copies from disk %s: %s", d.id, exc)
 
+    def move(self, path: str, tier: str) -> ObjectRecord:
+        """Move an object to another tier (blocking): copy, verify, switch, drop the old copy.
+
+        The copy is written and verified against the recorded sha256 like any put, then
+        renamed into place and indexed on the new disk; only then is the old copy
+        removed. A reader sees the old file or the new one, never a partial one, and a
+        response in flight on the old file keeps its open descriptor. The access
+        statistics move with the object.
+        """
+        rec = self.lookup(path)
+        if rec is None:
+            raise ObjectNotFound(f"{path}: not held")
+        if rec.tier == tier:
+            return rec
+        new = self.put_file(
+            path, self.file_path(rec), sha256=rec.sha256, tier=tier, mtime=rec.mtime
+        )
+        if rec.hits or rec.last_access:
+            acc = self._stats.setdefault(path, _Access())
+            acc.hits += rec.hits
+            acc.last_access = max(acc.last_access, rec.last_access)
+            self.flush_stats()
+            new = self.lookup(path) or new
+        return new
+
     def remove(self, path: str) -> bool:
         """Delete the object from every healthy disk holding it (blocking)."""
         removed = False
