@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import subprocess
@@ -13,6 +14,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from fill.agent import FillRun
+from fill.manifest import parse_manifest
+from fill.metrics import FillMetrics
+from fill.run import plan_for
 from oca.config import load_config
 from oca.storage.store import Store
 from tests.appliance import Appliance, fetch
@@ -261,3 +266,41 @@ def test_outside_the_window_exits_with_a_message(tmp_path: Path) -> None:
     )
     assert out.returncode == 0
     assert f"outside the fill window {window}" in out.stdout and "--now" in out.stdout
+
+
+def test_manifest_over_http_from_the_control_plane(tmp_path: Path) -> None:
+    objects = make_objects(3, 50_000)
+    with Origin(dict(objects)) as origin:
+        manifest = write_manifest(tmp_path / "manifest.json", objects, [origin.url])
+        origin.objects["/fill/manifest.json"] = manifest.read_bytes()
+        app = filler(tmp_path / "a", Path("unused"))
+        out = run_fill(app, "--manifest", f"{origin.url}/fill/manifest.json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert held(app) == expected(objects)
+        missing = run_fill(app, "--manifest", f"{origin.url}/fill/nothing.json")
+        assert missing.returncode == 3 and "HTTP 404" in missing.stderr
+
+
+def test_stops_at_the_window_end_and_resumes_with_ranges(tmp_path: Path) -> None:
+    """The deadline cuts transfers mid-object; the next run resumes the part files."""
+    objects = make_objects(4, 1_000_000)
+    with Origin(objects) as origin:
+        manifest_path = write_manifest(tmp_path / "manifest.json", objects, [origin.url])
+        app = filler(tmp_path / "a", manifest_path, rate_bits=8_000_000)  # 1 MB/s: 4 s
+        cfg = load_config(app.config_path)
+        manifest = parse_manifest(manifest_path.read_bytes())
+        with Store.open(cfg.storage) as store:
+            plan = plan_for(cfg, store, manifest, time.time())
+            run = FillRun(cfg, store, plan, FillMetrics(cfg.server.state_dir),
+                          deadline=time.monotonic() + 1.5)  # fmt: skip
+            summary = asyncio.run(run.run())
+        assert summary.stopped_at_window_end
+        assert summary.fetched < len(objects) and summary.left_for_next_run > 0
+        got = held(app)
+        assert all(expected(objects)[p] == sha for p, sha in got.items())
+        first_log = len(origin.log)
+        out = run_fill(app)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert held(app) == expected(objects)
+        resumed = [r for _t, _p, r in origin.log[first_log:] if r.startswith("bytes=")]
+    assert resumed, "the second run should continue part files with Range requests"
