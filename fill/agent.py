@@ -370,7 +370,7 @@ class FillRun:
             try:
                 await loop.run_in_executor(
                     None,
-                    lambda: self.store.put_file(f.path, part, sha256=f.sha256, tier=f.tier),
+                    lambda: self.store.adopt_file(f.path, part, sha256=f.sha256, tier=f.tier),
                 )
             except CapacityExceeded as exc:
                 _unlink(part)  # it cannot be placed this run; do not keep its space

@@ -552,6 +552,67 @@ class Store:
         assert outcome.record is not None
         return outcome.record
 
+    def adopt_file(
+        self,
+        path: str,
+        src: str,
+        *,
+        sha256: str,
+        tier: str | None = None,
+        mtime: float | None = None,
+    ) -> ObjectRecord:
+        """``put_file`` for a file the caller has already written, fsynced and verified
+        against ``sha256`` on one of the tier's disks (the fill's part files): it is
+        renamed into the disk's temp area and committed, not copied, so it is written
+        once. The caller vouches for the digest (the fill hashed every byte it wrote);
+        ``oca store verify`` re-checks at rest. When ``src`` is on no healthy disk of the
+        tier it is copied and verified like any put (and ``src`` is left in place).
+        """
+        why = validate_object_path(path)
+        if why is not None:
+            raise StorageError(f"invalid object path {path!r}: {why}")
+        if not _SHA256_RE.fullmatch(sha256):
+            raise StorageError(f"{path}: {sha256!r} is not a sha256 hex digest")
+        tier_name = self._tier_name(tier)
+        try:
+            st = os.stat(src)
+        except OSError as exc:
+            raise StorageError(f"cannot read {src}: {describe_os_error(exc)}") from None
+        root = os.path.abspath(src)
+        d = next(
+            (c for c in self._candidates(tier_name, path) if root.startswith(c.root + os.sep)),
+            None,
+        )
+        if d is None:
+            return self.put_file(path, src, sha256=sha256, tier=tier_name, mtime=mtime)
+        refusal = self._reserve(d, st.st_size, path)
+        if refusal is not None:
+            raise CapacityExceeded(f"no room for {path} ({st.st_size} bytes): {refusal}")
+        try:
+            fd, tmp = d.tmp.create()
+            os.close(fd)
+            os.rename(src, tmp)  # atomically replaces the empty temp file we own
+            fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                mtime_ns = round(mtime * 1e9) if mtime is not None else st.st_mtime_ns
+                os.utime(fd, ns=(time.time_ns(), mtime_ns))
+                mtime_ns = os.fstat(fd).st_mtime_ns
+                write_sha256_xattr(fd, sha256, mtime_ns)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._release(d, st.st_size)
+            raise self._disk_error(d, exc, f"adopting {path}") from None
+        staged = _Staged(d, path, tmp, st.st_size, sha256, mtime_ns, st.st_size)
+        outcomes = [PutOutcome(path)]
+        self._commit_batch({path: (0, staged)}, outcomes)
+        (outcome,) = outcomes
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.record is not None
+        return outcome.record
+
     def put_many(
         self,
         items: Iterable[PutRequest],

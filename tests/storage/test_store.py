@@ -452,3 +452,33 @@ def test_an_eio_while_writing_fails_the_disk_and_the_write_moves_on(
     assert failures and rec.disk == ssd(cfg, 1)
     status = {s.id: s for s in store.disks()}[ssd(cfg, 0)]
     assert status.state == "failed" and "EIO" in status.reason
+
+
+def test_adopt_file_renames_a_verified_file_on_the_disk(cfg: StorageConfig, store: Store) -> None:
+    data = os.urandom(50_000)
+    path = "/titles/tos/v720/seg-00007.m4s"
+    disk = rank_disks(path, cfg.tiers[0].paths)[0]
+    part = Path(disk) / ".oca" / "fill" / "x.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(data)
+    ino = os.stat(part).st_ino
+    rec = store.adopt_file(path, str(part), sha256=sha256_of(data), tier="ssd")
+    assert rec.disk == disk and rec.sha256 == sha256_of(data) and rec.size == len(data)
+    file = store.file_path(rec)
+    assert Path(file).read_bytes() == data
+    assert os.stat(file).st_ino == ino  # renamed, not copied
+    assert not part.exists() and part_files(cfg) == []
+    assert DiskInventory.load(disk).records[path].sha256 == rec.sha256
+    if xattrs_supported(Path(disk)):
+        assert read_sha256_xattr(file, os.stat(file).st_mtime_ns) == rec.sha256
+
+
+def test_adopt_file_copies_and_verifies_from_elsewhere(store: Store, src: Path) -> None:
+    data = os.urandom(10_000)
+    source = write_source(src, "seg.m4s", data)
+    rec = store.adopt_file("/a/b.m4s", source, sha256=sha256_of(data))
+    assert Path(store.file_path(rec)).read_bytes() == data
+    assert Path(source).exists()  # a copy: the source stays
+    with pytest.raises(IntegrityError):
+        store.adopt_file("/a/c.m4s", source, sha256="0" * 64)
+    assert store.lookup("/a/c.m4s") is None
