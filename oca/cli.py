@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
     p = bsub.add_parser("serve", help="serving throughput against nginx", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
+    p = bsub.add_parser(
+        "cache-policy", help="hit ratios of the cache policy against libcachesim's", add_help=False
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
     return ap
 
 
@@ -108,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.serve import main as bench_main
 
         return bench_main(argv[2:])
+    if argv[:2] == ["bench", "cache-policy"]:
+        from bench.cache_policy import main as cache_policy_main
+
+        return cache_policy_main(argv[2:])
     ap = build_parser()
     args = ap.parse_args(argv)
     try:
