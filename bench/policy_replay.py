@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -235,17 +236,23 @@ def make_reference(name: str, capacity_bytes: int, objects: int) -> Any:
     raise ValueError(f"unknown reference policy {name!r}")
 
 
-def size_unit(name: str, capacity_bytes: int) -> int:
+def size_unit(name: str, capacity_bytes: int, sizes: Sequence[int] = ()) -> int:
     """Bytes per size unit fed to libcachesim's ``name`` (1 except for W-TinyLFU).
 
-    libcachesim's W-TinyLFU sizes its count-min sketch with one entry per unit of
-    capacity, in a C ``int``: above 2 GiB of capacity in bytes it overflows and the sketch
-    collapses to a few counters (it prints "CBF ... has too few counters"). It is given
-    sizes in a power-of-two unit that keeps the capacity within :data:`_SKETCH_ENTRIES`
-    units instead, object sizes rounded up.
+    libcachesim's W-TinyLFU counts its capacity in size units, which it takes to be
+    objects: its count-min sketch gets one entry per unit, in a C ``int`` (above 2 GiB
+    of capacity in bytes that overflows and the sketch collapses to a few counters; the
+    library prints "CBF ... has too few counters"), and it halves its counters every
+    32 units' worth of requests. When every object has the same size, that size is the
+    unit (exact, and the capacity in units is the capacity in objects, as TinyLFU is
+    designed). Otherwise the unit is the smallest power of two that keeps the capacity
+    within :data:`_SKETCH_ENTRIES` units, object sizes rounded up; the sketch is then
+    never halved within a trace.
     """
     if name != "W-TinyLFU":
         return 1
+    if sizes and min(sizes) == max(sizes) and min(sizes) > 0:
+        return int(sizes[0])
     unit = 1
     while capacity_bytes // unit > _SKETCH_ENTRIES:
         unit *= 2
@@ -271,7 +278,7 @@ def replay_reference(
     try:
         import libcachesim as lcs
 
-        unit = size_unit(name, capacity_bytes)
+        unit = size_unit(name, capacity_bytes, trace.sizes)
         cache = make_reference(name, capacity_bytes // unit, len(trace.paths))
     except ImportError as exc:
         return Outcome(policy=name, status="unavailable", reason=str(exc).strip())
@@ -279,7 +286,9 @@ def replay_reference(
     sizes, times, objects = trace.sizes, trace.times, trace.objects
     fed = sizes if unit == 1 else array("q", (-(-s // unit) for s in sizes))
     if unit > 1:
-        notes.append(f"sizes fed in units of {human_unit(unit)} (rounded up): see docs")
+        exact = all(size % unit == 0 for size in sizes)
+        how = "" if exact else " (rounded up)"
+        notes.append(f"sizes fed in units of {human_unit(unit)}{how}: see docs")
     if name == "W-TinyLFU" and max(fed, default=0) > (capacity_bytes // unit) // 100:
         notes.append("objects larger than its 1% window are never cached")
     offline = name in OFFLINE_REFERENCES

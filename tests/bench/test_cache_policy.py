@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from bench import cache_policy
-from bench.cache_policy import Job, main, run_jobs, verdicts
+from bench.cache_policy import Job, main, run_jobs
 from bench.policy_replay import (
     OFFLINE_REFERENCES,
     ONLINE_REFERENCES,
@@ -19,7 +19,9 @@ from bench.policy_replay import (
     POLICIES,
     forecast_of,
     push_fill,
+    size_unit,
 )
+from bench.policy_report import verdicts
 from bench.traces import (
     DAY_SECONDS,
     NO_NEXT_ACCESS,
@@ -212,6 +214,15 @@ def test_verdicts() -> None:
     assert v2["met"] is False
     v1, v2 = verdicts([])
     assert v1["met"] is None and v2["met"] is None
+
+
+def test_w_tinylfu_size_unit() -> None:
+    gib = 1 << 30
+    assert size_unit("LRU", 100 * gib, [3, 5]) == 1
+    assert size_unit("W-TinyLFU", 100 * gib, [1 << 20] * 3) == 1 << 20  # objects, exact
+    unit = size_unit("W-TinyLFU", 100 * gib, [1000, 3000])
+    assert unit & (unit - 1) == 0 and (100 * gib) // unit <= 1 << 22 < (100 * gib) // (unit // 2)
+    assert size_unit("W-TinyLFU", 1 << 20, [1000, 3000]) == 1
 
 
 def test_oca_cli_dispatches_to_the_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
