@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Literal, TypedDict
 
 from bench.policy_replay import OFFLINE_REFERENCES, OURS, OURS_PULL_ONLY, POLICIES, Outcome
+from oca.storage.commands import format_bytes
 
 Kind = Literal["ours", "online", "offline"]
 BELADY_MARGIN = 0.10  # "within 10% of Belady": ours >= (1 - margin) * bound
@@ -188,11 +189,7 @@ def verdicts(traces: Sequence[TraceReport]) -> list[Verdict]:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
+    return format_bytes(int(n))
 
 
 def _ratio(x: float | None) -> str:

@@ -53,6 +53,7 @@ from fill.rate import RateLimiter
 from oca.auth.tokens import signed_path
 from oca.config import Config, load_auth_keys
 from oca.errors import CapacityExceeded, OcaError, StorageError
+from oca.storage.commands import format_bytes
 from oca.storage.inventory import describe_os_error
 from oca.storage.store import Store
 
@@ -106,10 +107,11 @@ class FillSummary:
     def lines(self) -> list[str]:
         out = [
             f"fetched {self.fetched} of {self.planned} planned objects "
-            f"({_size(self.fetched_bytes)} of {_size(self.planned_bytes)}), "
-            f"{_size(self.bytes_by_source['peer'])} from peers, "
-            f"{_size(self.bytes_by_source['origin'])} from the origin, in {self.seconds:.1f}s",
-            f"evicted {self.evicted} objects ({_size(self.evicted_bytes)}); "
+            f"({format_bytes(self.fetched_bytes)} of {format_bytes(self.planned_bytes)}), "
+            f"{format_bytes(self.bytes_by_source['peer'])} from peers, "
+            f"{format_bytes(self.bytes_by_source['origin'])} from the origin, "
+            f"in {self.seconds:.1f}s",
+            f"evicted {self.evicted} objects ({format_bytes(self.evicted_bytes)}); "
             f"{self.already_held} already held; {self.not_fitting} do not fit",
         ]
         if self.stopped_at_window_end:
@@ -122,14 +124,6 @@ class FillSummary:
         for path, why in sorted(self.failed.items()):
             out.append(f"failed {path}: {why}")
         return out
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # pragma: no cover
 
 
 def part_path(disk_root: str, sha256: str) -> str:
