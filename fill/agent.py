@@ -385,13 +385,14 @@ class FillRun:
         budget = int(status.capacity_bytes * (1 - self.fcfg.headroom_fraction))
         used = status.used_bytes
         recent = self.clock() - self.fcfg.pin_recent_seconds
+        # The server merges request counts into the indexes as it runs: read them fresh.
+        await loop.run_in_executor(None, self.store.refresh)
         while victims and used + f.size > budget:
             e = victims.pop(0)
             rec = self.store.lookup(e.path)
             if rec is None or rec.disk != e.disk:
                 continue
-            current = next((r for r in self.store.records() if r.path == e.path), rec)
-            if e.path in self.in_flight or current.last_access >= recent:
+            if e.path in self.in_flight or rec.last_access >= recent:
                 log.info("not evicting %s: it is being served or filled", e.path)
                 continue
             removed = await loop.run_in_executor(None, self.store.remove, e.path)

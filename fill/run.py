@@ -39,7 +39,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANNOT_START = 0, 1, 2, 3
 
 
 class CannotStart(Exception):
-    pass
+    """The fill cannot begin (store, lock or manifest source); exit code 3."""
 
 
 async def fetch_manifest(source: str, timeout_seconds: float) -> Manifest:
@@ -77,16 +77,25 @@ def fill_lock(state_dir: str) -> Iterator[None]:
         os.close(fd)
 
 
-def plan_for(cfg: Config, store: Store, manifest: Manifest, now: float) -> FillPlan:
-    held: dict[str, HeldObject] = {}
-    pinned: set[str] = set()
-    recent = now - cfg.fill.pin_recent_seconds
-    for r in store.records():
-        held[r.path] = HeldObject(r.path, r.size, r.sha256, r.tier, r.disk, r.hits, r.last_access)
-        if r.last_access >= recent:
-            pinned.add(r.path)
+def store_view(store: Store) -> tuple[dict[str, HeldObject], list[DiskSpace]]:
+    """What the pure planners need from the store: held objects and disks."""
+    held = {
+        r.path: HeldObject(r.path, r.size, r.sha256, r.tier, r.disk, r.hits, r.last_access)
+        for r in store.records()
+    }
     disks = [DiskSpace(d.id, d.tier, d.capacity_bytes, d.state == "ok") for d in store.disks()]
-    params = PolicyParams(cfg.fill.half_life_seconds, cfg.fill.forecast_weight)
+    return held, disks
+
+
+def policy_params(cfg: Config) -> PolicyParams:
+    return PolicyParams(cfg.fill.half_life_seconds, cfg.fill.forecast_weight)
+
+
+def plan_for(cfg: Config, store: Store, manifest: Manifest, now: float) -> FillPlan:
+    held, disks = store_view(store)
+    recent = now - cfg.fill.pin_recent_seconds
+    pinned = {p for p, h in held.items() if h.last_access >= recent}
+    params = policy_params(cfg)
     return plan_fill(
         manifest,
         held,
@@ -164,14 +173,10 @@ def run_moves(
 ) -> tuple[int, list[str]]:
     """Plan and carry out tier moves one at a time; (moved, failures)."""
     now = time.time()
-    held = [
-        HeldObject(r.path, r.size, r.sha256, r.tier, r.disk, r.hits, r.last_access)
-        for r in store.records()
-    ]
-    disks = [DiskSpace(d.id, d.tier, d.capacity_bytes, d.state == "ok") for d in store.disks()]
-    params = PolicyParams(cfg.fill.half_life_seconds, cfg.fill.forecast_weight)
+    held, disks = store_view(store)
+    params = policy_params(cfg)
     moves = plan_moves(
-        held,
+        held.values(),
         disks,
         store.tiers,
         now,
@@ -199,6 +204,8 @@ def run_moves(
             m.priority,
             m.reason,
         )
+    if moved:
+        store.flush_stats()  # the moved objects' request counts, in one save per disk
     print(
         f"oca fill: tier moves: {moved} of {len(moves)} planned done"
         + (f", {len(failures)} failed" if failures else ""),

@@ -869,7 +869,8 @@ class Store:
         renamed into place and indexed on the new disk; only then is the old copy
         removed. A reader sees the old file or the new one, never a partial one, and a
         response in flight on the old file keeps its open descriptor. The access
-        statistics move with the object.
+        statistics move with the object; they reach the new disk's index with the next
+        :meth:`flush_stats` (one index save for a batch of moves, not one per move).
         """
         rec = self.lookup(path)
         if rec is None:
@@ -883,8 +884,6 @@ class Store:
             acc = self._stats.setdefault(path, _Access())
             acc.hits += rec.hits
             acc.last_access = max(acc.last_access, rec.last_access)
-            self.flush_stats()
-            new = self.lookup(path) or new
         return new
 
     def remove(self, path: str) -> bool:
