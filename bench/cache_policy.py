@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--half-life-hours", type=float,
                     help="override PolicyParams.half_life_seconds (in hours)")  # fmt: skip
     ap.add_argument("--forecast-weight", type=float, help="override PolicyParams.forecast_weight")
+    ap.add_argument("--probation", type=float, metavar="FRACTION",
+                    help="override PolicyParams.probation_fraction")  # fmt: skip
     ap.add_argument("--json", metavar="PATH", help="also write the full report as JSON")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return ap
@@ -270,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = replace(params, half_life_seconds=args.half_life_hours * 3600.0)
         if args.forecast_weight is not None:
             params = replace(params, forecast_weight=args.forecast_weight)
+        if args.probation is not None:
+            params = replace(params, probation_fraction=args.probation)
     except ValueError as exc:
         print(f"oca bench cache-policy: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -340,6 +344,7 @@ def run(
         libcachesim=libcachesim_version(),
         half_life_seconds=params.half_life_seconds,
         forecast_weight=params.forecast_weight,
+        probation_fraction=params.probation_fraction,
         belady_bound=(
             "the higher BHR of libcachesim's Belady (evicts the object re-requested "
             "furthest in the future) and BeladySize (evicts the largest size x distance of "

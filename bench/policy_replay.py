@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from bench.traces import Trace
 from fill.policy import PolicyParams, PopularityLRU
+from steering import forecast
 
 OURS = "ours"
 OURS_PULL_ONLY = "ours-pull-only"
@@ -80,16 +81,48 @@ class Outcome:
 # ------------------------------------------------------------------------ ours
 
 
-def forecast_of(trace: Trace) -> dict[str, float]:
-    """Day one's requests per object, keyed by path: the manifest's requests per day."""
-    paths = trace.paths
-    return {paths[o]: float(c) for o, c in trace.day_counts(1).items()}
+MANIFEST_CAPACITY_FACTOR = 2.0
+"""A catalogue-based manifest lists the hottest segments up to this many times the
+cache's capacity: what the fill can place, and a forecast for misses beyond it."""
+
+
+def forecast_of(trace: Trace, capacity_bytes: int) -> tuple[dict[str, float], dict[str, int]]:
+    """The manifest the control plane would send at the day boundary: predicted requests
+    per day and size of each listed object, keyed by path.
+
+    With a catalogue (the video trace), the prediction is :mod:`steering.forecast` fitted
+    to day one's counts: per title, spread over every segment of the title (requested
+    or not) along the observed abandonment curve, hottest first up to
+    :data:`MANIFEST_CAPACITY_FACTOR` x the capacity. Without one (the Zipf trace), it is
+    day one's request count of every object requested on day one.
+    """
+    catalog = trace.catalog
+    day1 = trace.day_counts(1)
+    if catalog is None:
+        paths, sizes = trace.paths, trace.sizes
+        return {paths[o]: float(c) for o, c in day1.items()}, {paths[o]: sizes[o] for o in day1}
+    segments = trace.segments
+    counts = {segments[o]: float(c) for o, c in day1.items()}
+    lengths = dict(enumerate(catalog.lengths[: catalog.released]))
+    model = forecast.fit(counts, lengths)
+    budget = capacity_bytes * MANIFEST_CAPACITY_FACTOR
+    predicted: dict[str, float] = {}
+    size_of: dict[str, int] = {}
+    for value, title, rendition, index in model.ranked():
+        if budget <= 0:
+            break
+        path = catalog.path(title, rendition, index)
+        size = catalog.size(title, rendition, index)
+        predicted[path] = value
+        size_of[path] = size
+        budget -= size
+    return predicted, size_of
 
 
 def push_fill(
     policy: PopularityLRU,
     forecast: dict[str, float],
-    trace: Trace,
+    size_of: dict[str, int],
     now: float,
     headroom_fraction: float = FILL_HEADROOM,
 ) -> tuple[int, int]:
@@ -102,7 +135,6 @@ def push_fill(
     path. Held objects that lose their place are evicted, coldest first (``L`` rises as
     for any eviction); the forecast objects that won one are inserted.
     """
-    size_of = {trace.paths[o]: trace.sizes[o] for o in range(len(trace.paths))}
     held = list(policy.keys())
     ranked = [(policy.priority(k), k) for k in held]
     ranked += [(policy.candidate_priority(k, now) - 1.0, k) for k in forecast if k not in policy]
@@ -111,7 +143,7 @@ def push_fill(
     keep: set[str] = set()
     fetch: list[str] = []
     for _, key in ranked:
-        size = size_of[key]
+        size = policy.size_of(key) if key in policy else size_of[key]
         if size <= budget:
             budget -= size
             if key in policy:
@@ -153,12 +185,12 @@ def replay_ours(
         else:
             make_room(key, sizes[o], times[i])
     boundary = trace.day2_boundary_seconds
-    forecast = forecast_of(trace)
-    policy.set_forecast(forecast)
+    predicted, size_of = forecast_of(trace, capacity_bytes)
+    policy.set_forecast(predicted)
     policy.reprioritise(boundary)
     fill_objects = fill_bytes = 0
     if fill:
-        fill_objects, fill_bytes = push_fill(policy, forecast, trace, boundary)
+        fill_objects, fill_bytes = push_fill(policy, predicted, size_of, boundary)
     hits = hit_bytes = request_bytes = 0
     flags = bytearray(len(objects) - d2) if record_hits else bytearray()
     for i in range(d2, len(objects)):

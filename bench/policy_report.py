@@ -70,6 +70,7 @@ class Report(TypedDict):
     libcachesim: str | None
     half_life_seconds: float
     forecast_weight: float
+    probation_fraction: float
     belady_bound: str
     traces: list[TraceReport]
     verdicts: list[Verdict]
@@ -253,8 +254,10 @@ def format_report(report: Report) -> str:
         f"oca bench cache-policy: scale {report['scale']}, seed {report['seed']}, "
         f"libcachesim {report['libcachesim'] or 'not installed'}",
         f"ours = fill.policy.PopularityLRU(half_life_seconds={report['half_life_seconds']:g}, "
-        f"forecast_weight={report['forecast_weight']:g}) with day-1 counts as the forecast "
-        "and an overnight push fill; * marks it",
+        f"forecast_weight={report['forecast_weight']:g}, "
+        f"probation_fraction={report['probation_fraction']:g}), forecast fitted to day 1's "
+        "counts (video: per title over the catalogue, steering.forecast), overnight push "
+        "fill; * marks it",
         f"Belady bound: {report['belady_bound']}",
         "OHR / BHR = object / byte hit ratio of day 2 (day 1 warms every cache)",
     ]

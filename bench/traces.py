@@ -65,6 +65,8 @@ class Trace:
     sizes: array[int]  # object index -> bytes
     day2_start: int  # index of the first request of day two (the scored part)
     facts: dict[str, float] = field(default_factory=dict)  # generator statistics
+    catalog: Catalog | None = None  # every object that exists, requested or not (video)
+    segments: tuple[tuple[int, int, int], ...] = ()  # video: object -> (title, rendition, index)
 
     def __len__(self) -> int:
         return len(self.objects)
@@ -103,6 +105,46 @@ class Trace:
 
 
 # ---------------------------------------------------------------------------- video
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _unit_hash(*parts: int) -> float:
+    """A uniform number in [0, 1) from integers (splitmix64 finalizer): a segment's
+    size is a pure function of its identity, so the catalogue knows the sizes of
+    segments nobody requested."""
+    x = 0
+    for part in parts:
+        x = (x * 0x9E3779B97F4A7C15 + part + 0x632BE59BD9B4E019) & _MASK64
+        x ^= x >> 30
+        x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+        x ^= x >> 27
+        x = (x * 0x94D049BB133111EB) & _MASK64
+        x ^= x >> 31
+    return x / 18446744073709551616.0
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """The titles of a video trace as the control plane's catalogue knows them: every
+    rendition of every title, and every segment's path and size, requested or not."""
+
+    lengths: tuple[int, ...]  # title -> segments per rendition
+    renditions_kbps: tuple[int, ...]
+    segment_seconds: float
+    size_jitter: float
+    seed: int
+    released: int  # titles below this id exist on day one; the rest are day-two releases
+
+    def path(self, title: int, rendition: int, index: int) -> str:
+        kbps = self.renditions_kbps[rendition]
+        return f"/titles/t{title:05d}/r{kbps}/seg-{index:05d}.m4s"
+
+    def size(self, title: int, rendition: int, index: int) -> int:
+        mean = self.renditions_kbps[rendition] * 1000 / 8 * self.segment_seconds
+        u = _unit_hash(self.seed, title, rendition, index)
+        return max(1, round(mean * (1.0 + self.size_jitter * (2.0 * u - 1.0))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +252,10 @@ def video_trace(params: VideoTraceParams = VIDEO_DEFAULT, seed: int = 1) -> Trac
     # P(length <= median) = 1/2.
     q = 0.5 ** (seg_s / (p.median_session_minutes * 60.0))
     log_q = math.log(q)
-    mean_bytes = [kbps * 1000 / 8 * seg_s for kbps in p.renditions_kbps]
 
+    catalog = Catalog(
+        tuple(lengths), tuple(p.renditions_kbps), seg_s, p.segment_size_jitter, seed, n_old
+    )
     index: dict[tuple[int, int, int], int] = {}
     paths: list[str] = []
     sizes = array("q")
@@ -236,10 +280,8 @@ def video_trace(params: VideoTraceParams = VIDEO_DEFAULT, seed: int = 1) -> Trac
                 if obj is None:
                     obj = len(paths)
                     index[key] = obj
-                    kbps = p.renditions_kbps[rendition]
-                    paths.append(f"/titles/t{title:05d}/r{kbps}/seg-{seg:05d}.m4s")
-                    jitter = 1.0 + p.segment_size_jitter * (2.0 * rng.random() - 1.0)
-                    sizes.append(max(1, round(mean_bytes[rendition] * jitter)))
+                    paths.append(catalog.path(title, rendition, seg))
+                    sizes.append(catalog.size(title, rendition, seg))
                 events.append((t, obj))
     events.sort()  # stable: simultaneous requests keep session order
     times = array("d", (t for t, _ in events))
@@ -256,7 +298,10 @@ def video_trace(params: VideoTraceParams = VIDEO_DEFAULT, seed: int = 1) -> Trac
         "new_release_sessions_day2": float(new_release_sessions),
     }
     _add_day2_facts(facts, objects, sizes, day2_start)
-    return Trace("video", desc, times, objects, tuple(paths), sizes, day2_start, facts)
+    segments = tuple(sorted(index, key=index.__getitem__))
+    return Trace(
+        "video", desc, times, objects, tuple(paths), sizes, day2_start, facts, catalog, segments
+    )
 
 
 # ------------------------------------------------------------------------ zipf churn

@@ -70,7 +70,7 @@ def plan_moves(
     recent: dict[str, float] = {}
     for h in objects.values():
         policy.insert(h.path, h.size, now, hits=h.hits, last_access=h.last_access)
-        recent[h.path] = policy.priority(h.path) - policy.forecast(h.path) - policy.inflation
+        recent[h.path] = policy.priority(h.path) - policy.forecast(h.path)
     order = sorted(objects, key=lambda p: (-policy.priority(p), p))
     wanted: set[str] = set()
     room = budget

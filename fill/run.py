@@ -88,7 +88,8 @@ def store_view(store: Store) -> tuple[dict[str, HeldObject], list[DiskSpace]]:
 
 
 def policy_params(cfg: Config) -> PolicyParams:
-    return PolicyParams(cfg.fill.half_life_seconds, cfg.fill.forecast_weight)
+    f = cfg.fill
+    return PolicyParams(f.half_life_seconds, f.forecast_weight, f.probation_fraction)
 
 
 def plan_for(cfg: Config, store: Store, manifest: Manifest, now: float) -> FillPlan:

@@ -124,8 +124,9 @@ class FillConfig:
     # Objects requested this recently count as being served and are never evicted.
     pin_recent_seconds: float = field(default=300.0, metadata=_rng(0, 86400))
     progress_interval_seconds: float = field(default=10.0, metadata=_rng(0.1, 3600))
-    half_life_seconds: float = field(default=72 * 3600.0, metadata=_rng(1, 365 * 86400))
+    half_life_seconds: float = field(default=24 * 3600.0, metadata=_rng(1, 365 * 86400))
     forecast_weight: float = field(default=1.0, metadata=_rng(0, 1e6))
+    probation_fraction: float = field(default=0.05, metadata=_rng(0.001, 0.9))
 
 
 @dataclass(frozen=True)

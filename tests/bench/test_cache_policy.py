@@ -88,11 +88,11 @@ def _recount(trace: Trace, capacity: int, params: PolicyParams, fill: bool) -> t
     hits = hit_bytes = 0
     for i, (t, o) in enumerate(zip(trace.times, trace.objects, strict=True)):
         if i == trace.day2_start:
-            forecast = forecast_of(trace)
+            forecast, size_of = forecast_of(trace, capacity)
             policy.set_forecast(forecast)
             policy.reprioritise(DAY_SECONDS)
             if fill:
-                push_fill(policy, forecast, trace, DAY_SECONDS)
+                push_fill(policy, forecast, size_of, DAY_SECONDS)
         key, size = trace.paths[o], trace.sizes[o]
         if key in policy:
             policy.touch(key, t)
@@ -106,7 +106,11 @@ def _recount(trace: Trace, capacity: int, params: PolicyParams, fill: bool) -> t
 
 @pytest.mark.timeout(60)
 def test_our_hit_counts_equal_a_plain_recount(tiny_report: dict[str, object]) -> None:
-    params = PolicyParams(tiny_report["half_life_seconds"], tiny_report["forecast_weight"])  # type: ignore[arg-type]
+    params = PolicyParams(
+        tiny_report["half_life_seconds"],  # type: ignore[arg-type]
+        tiny_report["forecast_weight"],  # type: ignore[arg-type]
+        tiny_report["probation_fraction"],  # type: ignore[arg-type]
+    )
     traces = {"video": video_trace(VIDEO_TINY, 3), "zipf": zipf_churn_trace(ZIPF_TINY, 3)}
     for trace_report in tiny_report["traces"]:  # type: ignore[attr-defined]
         trace = traces[trace_report["name"]]
@@ -160,15 +164,33 @@ def test_fill_stays_within_the_headroom_and_only_pushes_forecast_objects() -> No
             policy.touch(trace.paths[o], trace.times[i])
         else:
             policy.make_room(trace.paths[o], trace.sizes[o], trace.times[i])
-    forecast = forecast_of(trace)
+    forecast, size_of = forecast_of(trace, capacity)
+    assert set(forecast) == set(size_of)
+    assert sum(size_of.values()) >= capacity  # the manifest lists past what fits
     policy.set_forecast(forecast)
     policy.reprioritise(DAY_SECONDS)
     before = set(policy.keys())
-    objects, nbytes = push_fill(policy, forecast, trace, DAY_SECONDS)
+    objects, nbytes = push_fill(policy, forecast, size_of, DAY_SECONDS)
     added = set(policy.keys()) - before
-    assert len(added) == objects and added <= set(forecast)
+    assert objects > 0 and len(added) == objects and added <= set(forecast)
+    assert all(policy.size_of(k) == size_of[k] for k in added)
     assert sum(policy.size_of(k) for k in added) == nbytes
     assert policy.used_bytes <= capacity * 0.95
+    # the catalogue names segments nobody requested, with the sizes the trace would use
+    requested = set(trace.paths)
+    assert any(k not in requested for k in forecast)
+    assert all(trace.sizes[o] == size_of[p] for o, p in enumerate(trace.paths) if p in size_of)
+
+
+def test_catalog_knows_every_requested_segment() -> None:
+    trace = video_trace(VIDEO_TINY, 4)
+    catalog = trace.catalog
+    assert catalog is not None and len(trace.segments) == len(trace.paths)
+    for o, (title, rendition, index) in enumerate(trace.segments):
+        assert index < catalog.lengths[title]
+        assert catalog.path(title, rendition, index) == trace.paths[o]
+        assert catalog.size(title, rendition, index) == trace.sizes[o]
+    assert zipf_churn_trace(ZIPF_TINY, 4).catalog is None
 
 
 def test_a_crashing_policy_is_reported_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:

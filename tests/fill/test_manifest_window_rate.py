@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -18,9 +19,11 @@ from fill.manifest import (
     manifest_to_json,
     parse_manifest,
 )
+from fill.policy import PolicyParams
 from fill.rate import RateLimiter
+from fill.run import policy_params
 from fill.window import jitter_offset, window_state
-from oca.config import parse_window
+from oca.config import load_config, parse_window
 from oca.errors import ConfigError
 
 SHA = "0" * 64
@@ -142,3 +145,19 @@ def test_rate_limiter_paces_to_the_cap_with_a_fake_clock() -> None:
     asyncio.run(main())
     # 10 MB at 1 MB/s, less the initial burst allowance of 0.25 s.
     assert 9.7 <= now[0] <= 10.0
+
+
+# ------------------------------------------------------------------ policy settings
+def test_fill_config_sets_the_policy(tmp_path: Path) -> None:
+    conf = tmp_path / "oca.toml"
+    storage = f'[[storage.tiers]]\nname = "ssd"\npaths = ["{tmp_path}"]\n'
+    conf.write_text(
+        storage
+        + "[fill]\nhalf_life_seconds = 7200\nforecast_weight = 2.5\nprobation_fraction = 0.2\n"
+    )
+    assert policy_params(load_config(conf)) == PolicyParams(7200.0, 2.5, 0.2)
+    conf.write_text(storage)
+    assert policy_params(load_config(conf)) == PolicyParams()  # same defaults both places
+    conf.write_text(storage + "[fill]\nprobation_fraction = 0.95\n")
+    with pytest.raises(ConfigError, match=r"fill\.probation_fraction"):
+        load_config(conf)

@@ -76,6 +76,8 @@ def test_used_bytes_never_exceed_capacity(capacity: int, seq: list[Op]) -> None:
         apply(policy, sizes, op, now)
         assert 0 <= policy.used_bytes <= policy.capacity_bytes
         assert policy.used_bytes == sum(policy.size_of(k) for k in list(policy.keys()))
+        probation = sum(policy.size_of(k) for k in list(policy.keys()) if policy.on_probation(k))
+        assert probation == policy._probation_bytes
 
 
 @settings(max_examples=300, deadline=None)
@@ -170,19 +172,73 @@ def test_unlisted_segment_of_a_forecast_title_inherits_the_title_forecast() -> N
     )
 
 
-def test_admission_refuses_a_one_off_unforecast_object_when_full() -> None:
-    policy = PopularityLRU(4 * MiB)
+def test_one_off_misses_only_churn_the_probation_share() -> None:
+    """A flood of one-off requests for unforecast objects (the sessions of rarely watched
+    titles) takes the probationary share of the cache and no more."""
+    policy = PopularityLRU(20 * MiB, PolicyParams(probation_fraction=0.1))
+    now = 0.0
+    listed = [seg("listed", n) for n in range(20)]
+    policy.set_forecast({k: 5.0 + n for n, k in enumerate(listed)})
+    for k in listed:
+        assert policy.insert(k, MiB, now)  # the overnight fill
+    assert policy.free_bytes() == 0
+    for i in range(500):
+        now += 7.0
+        victims = policy.make_room(seg(f"oneoff{i}", 0), MiB, now)
+        assert victims is not None and len(victims) == 1
+    gone = [k for k in listed if k not in policy]
+    assert gone == listed[:2]  # the two coldest made room for the 2 MiB share
+    probation = [k for k in policy if policy.on_probation(k)]
+    assert probation == [seg("oneoff498", 0), seg("oneoff499", 0)]
+    assert policy.used_bytes == policy.capacity_bytes
+
+
+def test_an_object_requested_again_on_probation_is_promoted_and_stays() -> None:
+    policy = PopularityLRU(20 * MiB, PolicyParams(probation_fraction=0.1))
+    now = 0.0
+    for n in range(18):
+        policy.insert(seg("filled", n), MiB, now)
+    again = seg("again", 0)
+    assert policy.make_room(again, MiB, now) == []
+    assert policy.on_probation(again)
+    policy.touch(again, now + 1)
+    for i in range(100):
+        now += 7.0
+        policy.make_room(seg(f"oneoff{i}", 0), MiB, now)
+    assert again in policy and not policy.on_probation(again)
+
+
+def test_an_evicted_object_is_remembered_and_readmitted_to_the_main_cache() -> None:
+    policy = PopularityLRU(20 * MiB, PolicyParams(probation_fraction=0.1))
+    now = 0.0
+    for n in range(20):
+        policy.insert(seg("filled", n), MiB, now)
+    first = seg("first", 0)
+    policy.make_room(first, MiB, now)
+    for i in range(5):
+        now += 7.0
+        policy.make_room(seg(f"oneoff{i}", 0), MiB, now)
+    assert first not in policy  # left the FIFO without a second request
+    now += 60.0
+    assert policy.candidate_priority(first, now) > policy.candidate_priority(seg("new", 0), now)
+    policy.make_room(first, MiB, now)  # requested again: its history comes back with it
+    assert not policy.on_probation(first)
+    assert policy.candidate_priority(seg("new", 0), now) == 1.0
+
+
+def test_a_forecast_miss_below_the_main_cache_goes_on_probation() -> None:
+    policy = PopularityLRU(4 * MiB, PolicyParams(probation_fraction=0.25))
     now = 0.0
     listed = [seg("listed", n) for n in range(4)]
-    policy.set_forecast({k: 50.0 for k in listed})
+    lukewarm = seg("lukewarm", 0)
+    policy.set_forecast({**{k: 50.0 for k in listed}, lukewarm: 0.5})
     for k in listed:
-        assert policy.make_room(k, MiB, now) == []
-    assert policy.free_bytes() == 0
-    before = sorted(policy.keys())
-    one_off = seg("nobody", 0)
-    assert not policy.admit(one_off, MiB, now + 60)
-    assert policy.make_room(one_off, MiB, now + 60) is None
-    assert sorted(policy.keys()) == before
-    # with free room it is kept: admission only guards what is already there
-    policy.remove(listed[0])
-    assert policy.make_room(one_off, MiB, now + 60) == []
+        assert policy.insert(k, MiB, now)
+    assert not policy.admit(lukewarm, MiB, now + 60)
+    policy.make_room(lukewarm, MiB, now + 60)
+    assert policy.on_probation(lukewarm)
+    hot = seg("listed", 9)  # unlisted segment of a hot title: inherits its forecast
+    assert policy.admit(hot, MiB, now + 60)
+    policy.make_room(hot, MiB, now + 120)
+    assert not policy.on_probation(hot)
+    assert policy.make_room(seg("huge", 0), 5 * MiB, now) is None  # larger than the cache
