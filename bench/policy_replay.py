@@ -11,9 +11,9 @@ hybrid of push and pull:
 
 1. Day one: a hit touches the object; a miss pulls it through and the policy's admission
    and eviction decide whether it stays (:meth:`~fill.policy.PopularityLRU.make_room`).
-2. At the day boundary (the off-peak trough): the forecast is day one's request count of
-   every object, as a manifest would carry it (``set_forecast`` pools it per title), and
-   every priority is recomputed. The overnight push fill is then planned as the fill
+2. At the day boundary (the off-peak trough): the manifest's forecast is fitted to day
+   one's counts (:func:`forecast_of`: per title over the catalogue when the trace has
+   one, else per object), and every priority is recomputed. The overnight push fill is then planned as the fill
    planner plans it (:func:`push_fill`): held and forecast objects compete for the
    capacity less a headroom by priority; held losers are evicted, forecast winners
    inserted. Filled bytes come from the origin off-peak and are *not* counted as misses;
