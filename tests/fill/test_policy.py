@@ -193,31 +193,38 @@ def test_one_off_misses_only_churn_the_probation_share() -> None:
     assert policy.used_bytes == policy.capacity_bytes
 
 
-def test_an_object_requested_again_on_probation_is_promoted_and_stays() -> None:
+def filled_cache(filled: int) -> PopularityLRU:
+    """A 20 MiB cache with a 2 MiB probationary FIFO and ``filled`` 1 MiB filled objects."""
     policy = PopularityLRU(20 * MiB, PolicyParams(probation_fraction=0.1))
+    for n in range(filled):
+        policy.insert(seg("filled", n), MiB, 0.0)
+    return policy
+
+
+def one_offs(policy: PopularityLRU, count: int, now: float) -> float:
+    """``count`` misses for objects nobody asks for again, 7 s apart; returns the time."""
+    for i in range(count):
+        now += 7.0
+        policy.make_room(seg(f"oneoff{i}", 0), MiB, now)
+    return now
+
+
+def test_an_object_requested_again_on_probation_is_promoted_and_stays() -> None:
+    policy = filled_cache(18)
     now = 0.0
-    for n in range(18):
-        policy.insert(seg("filled", n), MiB, now)
     again = seg("again", 0)
     assert policy.make_room(again, MiB, now) == []
     assert policy.on_probation(again)
     policy.touch(again, now + 1)
-    for i in range(100):
-        now += 7.0
-        policy.make_room(seg(f"oneoff{i}", 0), MiB, now)
+    one_offs(policy, 100, now + 1)
     assert again in policy and not policy.on_probation(again)
 
 
 def test_an_evicted_object_is_remembered_and_readmitted_to_the_main_cache() -> None:
-    policy = PopularityLRU(20 * MiB, PolicyParams(probation_fraction=0.1))
-    now = 0.0
-    for n in range(20):
-        policy.insert(seg("filled", n), MiB, now)
+    policy = filled_cache(20)
     first = seg("first", 0)
-    policy.make_room(first, MiB, now)
-    for i in range(5):
-        now += 7.0
-        policy.make_room(seg(f"oneoff{i}", 0), MiB, now)
+    policy.make_room(first, MiB, 0.0)
+    now = one_offs(policy, 5, 0.0)
     assert first not in policy  # left the FIFO without a second request
     now += 60.0
     assert policy.candidate_priority(first, now) > policy.candidate_priority(seg("new", 0), now)
