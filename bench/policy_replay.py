@@ -13,11 +13,11 @@ hybrid of push and pull:
    and eviction decide whether it stays (:meth:`~fill.policy.PopularityLRU.make_room`).
 2. At the day boundary (the off-peak trough): the manifest's forecast is fitted to day
    one's counts (:func:`forecast_of`: per title over the catalogue when the trace has
-   one, else per object), and every priority is recomputed. The overnight push fill is then planned as the fill
-   planner plans it (:func:`push_fill`): held and forecast objects compete for the
-   capacity less a headroom by priority; held losers are evicted, forecast winners
-   inserted. Filled bytes come from the origin off-peak and are *not* counted as misses;
-   the report prints them so they can be judged.
+   one, else per object), and every priority is recomputed. The overnight push fill
+   is then planned as the fill planner plans it (:func:`push_fill`): held and forecast
+   objects compete for the capacity less a headroom by priority; held losers are
+   evicted, forecast winners inserted. Filled bytes come from the origin off-peak and
+   are *not* counted as misses; the report prints them so they can be judged.
 3. Day two: as day one, scored.
 
 ``fill=False`` replays the same policy without step 2's fill (forecast only), to show
