@@ -45,7 +45,8 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass
 
 DAY_SECONDS = 86400.0
@@ -178,12 +179,8 @@ class PopularityLRU:
         """The priority ``key`` would have if it were requested (or filled) at ``now``:
         its history on the box (resident, or remembered since its eviction) plus one."""
         e = self._entries.get(key)
-        if e is not None:
-            freq = self._decayed(e, now) + 1.0
-        else:
-            ghost = self._ghosts.get(key)
-            freq = 1.0 if ghost is None else ghost[0] * self._decay(now - ghost[1]) + 1.0
-        return freq + self.forecast(key)
+        freq = self._decayed(e, now) if e is not None else self._remembered(key, now)
+        return freq + 1.0 + self.forecast(key)
 
     # ------------------------------------------------------------------ updates
     def touch(self, key: str, now: float) -> None:
@@ -281,11 +278,12 @@ class PopularityLRU:
             if key not in pinned:
                 chosen.append(key)
                 need -= self._entries[key].size
-        for key in self._main_in_order(pinned):
-            if need <= 0:
-                break
-            chosen.append(key)
-            need -= self._entries[key].size
+        with closing(self._main_in_order(pinned)) as lowest_first:
+            for key in lowest_first:
+                if need <= 0:
+                    break
+                chosen.append(key)
+                need -= self._entries[key].size
         return chosen if need <= 0 else None
 
     def make_room(
@@ -296,12 +294,14 @@ class PopularityLRU:
 
         A miss enters the main cache when it has a forecast or a remembered history and
         its priority beats the main cache's lowest (:meth:`admit`); otherwise it enters
-        the probationary FIFO. Room is made S3-FIFO style: while the FIFO holds more than
-        its share, its oldest object leaves it (into the main cache if it was requested
+        the probationary FIFO. Room is made S3-FIFO style: while the FIFO holds its share
+        or more, its oldest object leaves it (into the main cache if it was requested
         again meanwhile, else evicted); otherwise the main cache's lowest priority goes.
         """
-        if size > self.capacity_bytes or key in self._entries:
-            return None if size > self.capacity_bytes else []
+        if size > self.capacity_bytes:
+            return None
+        if key in self._entries:
+            return []
         if now - self._refreshed > self.params.half_life_seconds / REFRESHES_PER_HALF_LIFE:
             self.reprioritise(now)
         pinned_bytes = sum(self._entries[k].size for k in pinned if k in self._entries)
@@ -316,8 +316,8 @@ class PopularityLRU:
             if victim is not None:
                 victims.append(victim)
                 self.evict(victim)
-        ghost = self._ghosts.pop(key, None)
-        freq = 1.0 if ghost is None else ghost[0] * self._decay(now - ghost[1]) + 1.0
+        freq = self._remembered(key, now) + 1.0
+        self._ghosts.pop(key, None)
         self._add(key, size, freq, now, probation=not main)
         return victims
 
@@ -335,7 +335,7 @@ class PopularityLRU:
     def _next_victim(self, pinned: frozenset[str]) -> str | None:
         """One step of making room: promote or pick the probationary FIFO's oldest
         unpinned object, or pick the main cache's lowest; None after a promotion."""
-        if self._probation_bytes >= self._probation_limit or not self._has_main_victim(pinned):
+        if self._probation_bytes >= self._probation_limit or self._lowest_main(pinned) is None:
             for key in self._probation:
                 if key in pinned:
                     continue
@@ -347,15 +347,14 @@ class PopularityLRU:
                 e.probation = False
                 self._set_priority(key, e)
                 return None
-        for key in self._main_in_order(pinned):
-            return key
+        with closing(self._main_in_order(pinned)) as lowest_first:
+            for key in lowest_first:
+                return key
         raise AssertionError("make_room checked that unpinned objects can free the room")
 
-    def _has_main_victim(self, pinned: frozenset[str]) -> bool:
-        return self._lowest_main(pinned) is not None
-
-    def _main_in_order(self, pinned: frozenset[str]) -> Iterator[str]:
-        """Unpinned main-cache keys, lowest priority first (ties by key)."""
+    def _main_in_order(self, pinned: frozenset[str]) -> Generator[str, None, None]:
+        """Unpinned main-cache keys, lowest priority first (ties by last access, then
+        key); the heap is restored when the generator is closed (use ``closing``)."""
         heap = self._heap
         popped: list[tuple[float, float, str]] = []
         seen: set[str] = set()
@@ -375,9 +374,15 @@ class PopularityLRU:
                 heapq.heappush(heap, item)
 
     def _lowest_main(self, pinned: frozenset[str]) -> float | None:
-        for key in self._main_in_order(pinned):
-            return self._entries[key].priority
+        with closing(self._main_in_order(pinned)) as lowest_first:
+            for key in lowest_first:
+                return self._entries[key].priority
         return None
+
+    def _remembered(self, key: str, now: float) -> float:
+        """The decayed request count of an evicted ``key`` (0 if it is not remembered)."""
+        ghost = self._ghosts.get(key)
+        return 0.0 if ghost is None else ghost[0] * self._decay(now - ghost[1])
 
     def _decay(self, age: float) -> float:
         if age <= 0:
