@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The plan (:mod:`fill.planner`) says what to fetch, hottest first, and which held
 objects may go to make room. This module carries it out with ``concurrency`` transfers
-sharing one rate cap (:class:`fill.rate.RateLimiter`):
+sharing one rate cap (:class:`oca.rate.RateLimiter`):
 
 - **Sources.** For each object: the site's peers (``fill.peers``, in order), then the
   manifest's origin URLs. A peer that does not hold the object answers 404 and is
@@ -49,10 +49,10 @@ import aiohttp
 
 from fill.metrics import FillMetrics
 from fill.planner import Eviction, Fetch, FillPlan
-from fill.rate import RateLimiter
 from oca.auth.tokens import signed_path
 from oca.config import Config, load_auth_keys
 from oca.errors import CapacityExceeded, OcaError, StorageError
+from oca.rate import RateLimiter
 from oca.storage.commands import format_bytes
 from oca.storage.inventory import describe_os_error
 from oca.storage.store import Store

@@ -31,6 +31,7 @@ from fill.policy import PolicyParams
 from fill.window import jitter_offset, window_state
 from oca.config import Config, parse_window
 from oca.errors import StorageError
+from oca.peering.known import KnownObject, save_known
 from oca.storage.store import Store
 
 log = logging.getLogger("fill.agent")
@@ -268,6 +269,12 @@ async def _run(cfg: Config, source: str, deadline: float | None, out: IO[str]) -
         source, cfg.fill.connect_timeout_seconds + cfg.fill.read_timeout_seconds
     )
     loop = asyncio.get_running_loop()
+    # The server's miss path verifies what it fetches against the manifest's digests.
+    known = [KnownObject(o.path, o.size, o.sha256, o.sources) for o in manifest.objects]
+    try:
+        await loop.run_in_executor(None, save_known, cfg.server.state_dir, known)
+    except OSError as exc:
+        log.warning("cannot save the known-objects table for the miss path: %s", exc)
     try:
         store = await loop.run_in_executor(None, Store.open, cfg.storage)
     except StorageError as exc:

@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = ssub.add_parser("ls", help="list stored objects")
     _add_config(p)
     p.add_argument("--json", action="store_true")
+    p = ssub.add_parser("rm", help="remove objects from the store")
+    _add_config(p)
+    p.add_argument("paths", nargs="+", metavar="PATH")
     p = ssub.add_parser("verify", help="re-hash every object; quarantine mismatches")
     _add_config(p)
     p.add_argument("--no-quarantine", action="store_true", help="report only")
@@ -169,6 +172,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return commands.run_import(cfg.storage, args.directory, sys.stdout, tier=args.tier)
         if args.store_command == "ls":
             return commands.run_ls(cfg.storage, sys.stdout, as_json=args.json)
+        if args.store_command == "rm":
+            return commands.run_rm(cfg.storage, args.paths, sys.stdout)
         return commands.run_verify(cfg.storage, sys.stdout, quarantine=not args.no_quarantine)
     if cmd == "sign":
         return _sign(cfg, args)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
+import socket
 import tomllib
 import types
 import typing
@@ -130,12 +132,53 @@ class FillConfig:
 
 
 @dataclass(frozen=True)
+class PeeringConfig:
+    # This appliance's name towards its peers and the control plane (default: the host
+    # name) and its site.
+    appliance_id: str = ""
+    site: str = "default"
+    # Content listeners of the other appliances at the site (base URLs), best first.
+    peers: tuple[str, ...] = ()
+    # Shared secrets (hex, at least 32 bytes) authenticating requests between
+    # appliances: the first signs, every one verifies (rotation). Required with peers.
+    keys: tuple[str, ...] = ()
+    summary_refresh_seconds: float = field(default=5.0, metadata=_rng(0.05, 3600))
+    request_timeout_seconds: float = field(default=5.0, metadata=_rng(0.1, 600))
+    # A failing peer is retried after 1 s, doubling up to this.
+    backoff_max_seconds: float = field(default=60.0, metadata=_rng(0.1, 3600))
+
+
+@dataclass(frozen=True)
+class MissConfig:
+    # false: serve local objects only and answer 404 for the rest (steering-only sites).
+    enabled: bool = True
+    # Base URLs of the origin; an object's path is appended. Tried after the peers.
+    origins: tuple[str, ...] = ()
+    max_upstream_transfers: int = field(default=32, metadata=_rng(1, 10000))
+    max_upstream_connections: int = field(default=64, metadata=_rng(1, 10000))
+    connect_timeout_seconds: float = field(default=3.0, metadata=_rng(0.05, 600))
+    read_timeout_seconds: float = field(default=10.0, metadata=_rng(0.05, 3600))
+    # How long "no source has it" is remembered before asking again.
+    negative_ttl_seconds: float = field(default=10.0, metadata=_rng(0, 86400))
+    # Keep what was fetched (installed after verification) or only pass it through.
+    install: bool = True
+    # Tier misses are installed in; "" = the last (capacity) tier: one request does
+    # not make an object hot, and the nightly mover promotes what keeps being asked for.
+    tier: str = ""
+    # Cap on the bytes/s all miss transfers of one worker pull upstream; 0 = none.
+    max_rate_bits: int = field(default=0, metadata=_rng(0, 10**12))
+    max_object_bytes: int = field(default=64 << 30, metadata=_rng(1, 1 << 50))
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
     tls: TLSConfig = TLSConfig()
     storage: StorageConfig = StorageConfig()
     auth: AuthConfig = AuthConfig()
     fill: FillConfig = FillConfig()
+    peering: PeeringConfig = PeeringConfig()
+    miss: MissConfig = MissConfig()
     source: str = ""  # file the config was loaded from ("" for defaults)
 
 
@@ -300,6 +343,7 @@ def _validate(cfg: Config) -> None:
     for i, peer in enumerate(cfg.fill.peers):
         if not peer.startswith(("http://", "https://")):
             raise ConfigError(f"fill.peers[{i}]", f"expected an http(s) base URL, got {peer!r}")
+    _validate_peering(cfg)
     ids: set[str] = set()
     for i, k in enumerate(cfg.auth.keys):
         _validate_key(k, f"auth.keys[{i}]")
@@ -310,6 +354,44 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "auth.signing_key_id", f"{cfg.auth.signing_key_id!r} is not among auth.keys"
         )
+
+
+_APPLIANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _validate_peering(cfg: Config) -> None:
+    p, m = cfg.peering, cfg.miss
+    if p.appliance_id and not _APPLIANCE_ID.fullmatch(p.appliance_id):
+        raise ConfigError(
+            "peering.appliance_id", f"{p.appliance_id!r} must be 1-64 of [A-Za-z0-9._-]"
+        )
+    if not 1 <= len(p.site) <= 256:
+        raise ConfigError("peering.site", "must be 1-256 characters")
+    for i, peer in enumerate(p.peers):
+        if not peer.startswith(("http://", "https://")):
+            raise ConfigError(f"peering.peers[{i}]", f"expected an http(s) base URL, got {peer!r}")
+    for i, k in enumerate(p.keys):
+        try:
+            raw = bytes.fromhex(k)
+        except ValueError:
+            raise ConfigError(f"peering.keys[{i}]", "must be hex") from None
+        if len(raw) < 32:
+            raise ConfigError(f"peering.keys[{i}]", f"must be at least 32 bytes, got {len(raw)}")
+    if p.peers and not p.keys:
+        raise ConfigError("peering.keys", "peering.peers is set, so a shared peer key is required")
+    for i, origin in enumerate(m.origins):
+        if not origin.startswith(("http://", "https://")):
+            raise ConfigError(f"miss.origins[{i}]", f"expected an http(s) base URL, got {origin!r}")
+    if m.tier and m.tier not in {t.name for t in cfg.storage.tiers}:
+        raise ConfigError("miss.tier", f"{m.tier!r} is not a configured tier")
+
+
+def appliance_id(cfg: Config) -> str:
+    """This appliance's name: ``peering.appliance_id`` or the host name."""
+    if cfg.peering.appliance_id:
+        return cfg.peering.appliance_id
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64]
+    return name or "oca"
 
 
 def parse_window(text: str, key: str = "fill.window") -> tuple[int, int]:

@@ -28,6 +28,8 @@ class Appliance:
     internal: bool = False
     extra: str = ""  # raw TOML appended to [server]
     storage_extra: str = ""  # raw TOML appended to [storage]
+    sections: str = ""  # raw TOML tables appended at the end ([peering], [miss], ...)
+    listen: str = "127.0.0.1:0"
     tiers: tuple[tuple[str, int], ...] = (("ssd", 2), ("hdd", 1))
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
@@ -47,7 +49,7 @@ class Appliance:
     def write_config(self) -> Path:
         lines = [
             "[server]",
-            'listen = ["127.0.0.1:0"]',
+            f'listen = ["{self.listen}"]',
             f"workers = {self.workers}",
             f'state_dir = "{self.root}/state"',
             f'access_log = "{self.root}/access.log"',
@@ -72,6 +74,7 @@ class Appliance:
             lines.append("[auth]")
             items = ", ".join(f'{{ id = "{k}", secret = "{v}" }}' for k, v in self.keys.items())
             lines.append(f"keys = [{items}]")
+        lines.append(self.sections)
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
 
@@ -167,6 +170,14 @@ class Appliance:
 
     def log_text(self) -> str:
         return (self.root / "server.log").read_text(errors="replace")
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for configs that must name their
+    peers' addresses before those peers start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def new_key() -> str:

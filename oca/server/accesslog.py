@@ -47,18 +47,20 @@ class AccessLog:
                 self.dropped += 1
                 return
             rng = req.headers.get(b"range")
+            peer = req.headers.get(b"x-oca-peer")
             self.buffer.append((time.time(), client, req.method, req.target, resp.status,
                                 resp.body_bytes, duration, rng, resp.tier, resp.note,
-                                aborted))  # fmt: skip
+                                aborted, peer))  # fmt: skip
 
     def record_error(self, client: str, resp: Response) -> None:
         if self.enabled:
             self.buffer.append((time.time(), client, "-", b"-", resp.status, resp.body_bytes,
-                                0.0, None, "", resp.note, False))  # fmt: skip
+                                0.0, None, "", resp.note, False, None))  # fmt: skip
 
     def _format(self, batch: list[tuple[Any, ...]]) -> bytes:
         out = []
-        for ts, client, method, target, status, nbytes, dur, rng, tier, note, aborted in batch:
+        for item in batch:
+            ts, client, method, target, status, nbytes, dur, rng, tier, note, aborted, peer = item
             rec: dict[str, Any] = {
                 "ts": round(ts, 3),
                 "client": client,
@@ -76,6 +78,10 @@ class AccessLog:
                 rec["note"] = note
             if aborted:
                 rec["aborted"] = True
+            if peer is not None:
+                # The requesting appliance as it named itself (verified or refused: see
+                # the status); the signature is not logged.
+                rec["peer"] = peer.partition(b",")[0].removeprefix(b"id=").decode("latin-1")
             out.append(orjson.dumps(rec))
         out.append(b"")
         return b"\n".join(out)

@@ -32,11 +32,14 @@ from oca.http.semantics import (
     simple_span,
     unsatisfied_range,
 )
+from oca.peering.auth import PEER_HEADER_LOWER, PeerAuthError, verify_peer
+from oca.peering.peers import SINCE_HEADER, SUMMARY_PATH
 from oca.server.files import OpenFile
 from oca.server.response import STATUS_LINES, Response, date_header, simple
 from oca.storage.inventory import ObjectRecord
 
 if TYPE_CHECKING:
+    from oca.peering.transfer import Transfer
     from oca.server.worker import WorkerState
 
 log = logging.getLogger("oca.server")
@@ -53,8 +56,9 @@ _PRECONDITIONS = frozenset(
     {b"if-range", b"if-match", b"if-none-match", b"if-modified-since", b"if-unmodified-since"}
 )
 _PATH_CACHE_SIZE = 16384
+SINCE_HEADER_LOWER = SINCE_HEADER.lower().encode("latin-1")
 _HEAD_206 = b"%b%b%bContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
-INTERNAL_PATHS = frozenset({"/metrics", "/healthz", "/readyz"})
+INTERNAL_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/peers"})
 EXPOSE = (
     b"Access-Control-Expose-Headers: Content-Range, Content-Length, Accept-Ranges, "
     b"ETag, Last-Modified, Date, Server\r\n"
@@ -78,6 +82,14 @@ class Request:
 class NeedsOpen:
     record: ObjectRecord
     fs_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedsUpstream:
+    """The object is not held here: the miss path fetches it (the protocol attaches
+    the request to the object's transfer and answers once its size is known)."""
+
+    path: str
 
 
 def etag_for(rec: ObjectRecord) -> str:
@@ -160,7 +172,7 @@ class ContentHandler:
         )
 
     # ----------------------------------------------------------------- dispatch
-    def handle(self, req: Request, internal_allowed: bool) -> Response | NeedsOpen:
+    def handle(self, req: Request, internal_allowed: bool) -> Response | NeedsOpen | NeedsUpstream:
         method = req.method
         head = method == "HEAD"
         if method not in ("GET", "HEAD", "OPTIONS"):
@@ -185,7 +197,46 @@ class ContentHandler:
             if internal_allowed:
                 return self._internal(path, head)
             return self.error(404, "not-found", head=head)
+        peer = req.headers.get(PEER_HEADER_LOWER)
+        if peer is not None:
+            # A neighbouring appliance: authenticated by the site key instead of a URL
+            # token, and served from this appliance's disks only (hop limit 1).
+            signed = path if path == SUMMARY_PATH else target[2]
+            refusal = self._peer_refusal(peer, req.method, signed)
+            if refusal is not None:
+                return refusal
+            if path == SUMMARY_PATH:
+                return self._summary(req, head)
+            return self._content(req, None, target[2], head, peer=True)
+        if path == SUMMARY_PATH:
+            self.state.metrics.inc("peer_auth_rejections", "missing")
+            return self.error(403, "peer-auth-missing", head=head)
         return self._content(req, target[1], target[2], head)
+
+    def _peer_refusal(self, value: bytes, method: str, path: str) -> Response | None:
+        st = self.state
+        try:
+            verify_peer(value.decode("latin-1"), method, path, st.clock(), st.peer_keys)
+        except PeerAuthError as exc:
+            st.metrics.inc("peer_auth_rejections", exc.reason)
+            return self.error(403, f"peer-auth-{exc.reason}", head=method == "HEAD")
+        return None
+
+    def _summary(self, req: Request, head: bool) -> Response:
+        st = self.state
+        since = req.headers.get(SINCE_HEADER_LOWER)
+        epoch: str | None = None
+        generation: int | None = None
+        if since is not None:
+            e, _, g = since.decode("latin-1").partition(":")
+            if g.isdigit():
+                epoch, generation = e, int(g)
+        answer = st.summary.answer(epoch, generation)
+        if answer is None:
+            return simple(304, b"", server=self.server_line, note="summary-unchanged")
+        body = orjson.dumps(answer)
+        return simple(200, body, content_type=b"application/json", head_only=head,
+                      server=self.server_line, note=f"summary-{answer['kind']}")  # fmt: skip
 
     def _options(self, req: Request, path: str) -> Response:
         h = req.headers
@@ -216,6 +267,10 @@ class ContentHandler:
             body = orjson.dumps({"ready": ready, "reason": reason}) + b"\n"
             return simple(200 if ready else 503, body, content_type=b"application/json",
                           head_only=head, server=self.server_line, note="readyz")  # fmt: skip
+        if path == "/peers":
+            body = orjson.dumps({"peers": st.describe_peers()}, option=orjson.OPT_INDENT_2)
+            return simple(200, body, content_type=b"application/json", head_only=head,
+                          server=self.server_line, note="peers")  # fmt: skip
         body = st.render_metrics()
         return simple(
             200,
@@ -228,11 +283,11 @@ class ContentHandler:
 
     # ----------------------------------------------------------------- content
     def _content(
-        self, req: Request, token: str | None, obj_path: str, head: bool
-    ) -> Response | NeedsOpen:
+        self, req: Request, token: str | None, obj_path: str, head: bool, *, peer: bool = False
+    ) -> Response | NeedsOpen | NeedsUpstream:
         st = self.state
         verifier: TokenVerifier | None = st.verifier
-        if verifier is not None:
+        if verifier is not None and not peer:
             if token is None:
                 st.metrics.inc("token_rejections", "missing")
                 return self.error(403, "token-missing", head=head, extra=self._cors(req.headers))
@@ -246,6 +301,11 @@ class ContentHandler:
         # Without keys a signed URL is served like the plain path it carries.
         rec = st.store.lookup(obj_path)
         if rec is None:
+            misses = st.misses
+            if misses is not None and not peer and misses.could_fetch(obj_path):
+                if misses.negative_reason(obj_path) is None:
+                    return NeedsUpstream(obj_path)
+                st.metrics.inc("miss_requests", "negative")
             # CORS headers on errors too: without them a player's cross-origin fetch sees
             # a network error instead of the 404 (or 403) it could act on.
             return self.error(404, "not-found", head=head, extra=self._cors(req.headers))
@@ -253,6 +313,40 @@ class ContentHandler:
         if entry is None:
             return NeedsOpen(rec, st.store.file_path(rec))
         return self.respond_file(req, entry, head)
+
+    def respond_transfer(self, req: Request, t: Transfer) -> Response:
+        """The answer to a request that missed, once its transfer knows the object's
+        size (or failed): the same RFC 9110 decisions as for a held object, sending
+        from the transfer's part file as it grows."""
+        head = req.method == "HEAD"
+        cors = self._cors(req.headers)
+        if not t.headers_known:
+            status = t.status if t.status in STATUS_LINES else 502
+            note = "not-found" if status == 404 else "upstream-failed"
+            extra = cors
+            if status in (502, 503, 504):
+                extra += b"Retry-After: 1\r\n"
+            return self.error(status, note, head=head, extra=extra)
+        if t.state == "failed":
+            return self.error(502, "upstream-failed", head=head, extra=cors + b"Retry-After: 1\r\n")
+        rec = ObjectRecord(t.path, t.size, t.sha256 or "", float(t.mtime), t.kind, "")
+        cc = self.manifest_cache_control if is_manifest(t.path) else self.cache_control
+        static = (
+            f"Content-Type: {content_type_for(t.path)}\r\n"
+            f"ETag: {t.etag}\r\n"
+            f"Last-Modified: {format_http_date(t.mtime)}\r\n"
+            "Accept-Ranges: bytes\r\n"
+        ).encode("latin-1") + cc
+        entry = OpenFile(
+            t.dup(), rec, static, Representation(t.size, t.etag, t.mtime),
+            self._prefix_206(static), evicted=True,
+        )  # fmt: skip
+        resp = self.respond_file(req, entry, head)
+        if resp.file is None:
+            entry.evict()  # 304, 412, 416: the descriptor is not needed
+        else:
+            resp.growing = t
+        return resp
 
     def respond_file(self, req: Request, entry: OpenFile, head: bool) -> Response:
         rec = entry.record

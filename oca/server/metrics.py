@@ -54,6 +54,13 @@ COUNTERS = (
     "connections_accepted",
     "connections_refused",  # over max_connections
     "timeouts",  # by kind: header / keepalive / send
+    "miss_requests",  # requests that missed, by outcome
+    "miss_transfers",  # upstream transfers, by result
+    "miss_installs",  # fetched objects kept, by result
+    "upstream_bytes",  # bytes pulled on misses, by source
+    "peer_requests",  # object requests to peers, by result
+    "origin_requests",  # object requests to the origin, by result
+    "peer_auth_rejections",  # peer requests refused, by reason
 )
 
 
@@ -164,6 +171,42 @@ _COUNTER_HELP: dict[str, tuple[str, str, str]] = {
         "oca_timeouts",
         "kind",
         "Connections closed by a timeout (header, keepalive, send).",
+    ),
+    "miss_requests": (
+        "oca_miss_requests",
+        "outcome",
+        "Requests for objects not held: started a transfer, coalesced onto one, answered "
+        "from the negative cache, or cut when the transfer failed after the headers.",
+    ),
+    "miss_transfers": (
+        "oca_miss_transfers",
+        "result",
+        "Upstream transfers of missed objects, by result.",
+    ),
+    "miss_installs": (
+        "oca_miss_installs",
+        "result",
+        "Missed objects kept after their transfer (installed, no-room, failed).",
+    ),
+    "upstream_bytes": (
+        "oca_upstream_bytes",
+        "source",
+        "Bytes fetched on misses, by source (peer, origin).",
+    ),
+    "peer_requests": (
+        "oca_peer_requests",
+        "result",
+        "Object requests this appliance sent to its peers (ok = peer hit, not-found = miss).",
+    ),
+    "origin_requests": (
+        "oca_origin_requests",
+        "result",
+        "Object requests this appliance sent to the origin, by result.",
+    ),
+    "peer_auth_rejections": (
+        "oca_peer_auth_rejections",
+        "reason",
+        "Requests with a peer header that were refused, by reason.",
     ),
 }
 

@@ -52,11 +52,12 @@ from oca.server.files import (
     read_span_nowait,
     warm,
 )
-from oca.server.handler import NeedsOpen, Request, parse_peer
+from oca.server.handler import NeedsOpen, NeedsUpstream, Request, parse_peer
 from oca.server.metrics import LATENCY_BUCKETS
 from oca.server.response import Response
 
 if TYPE_CHECKING:
+    from oca.peering.transfer import Transfer
     from oca.server.worker import Listener, WorkerState
 
 log = logging.getLogger("oca.server")
@@ -324,6 +325,11 @@ class HttpProtocol(asyncio.Protocol):
                     self.current = _PENDING
                     self._open(item, result)
                     return
+                if isinstance(result, NeedsUpstream):
+                    self.cur_req = item
+                    self.current = _PENDING
+                    self._await_upstream(item, result)
+                    return
                 if (
                     self.sock is not None
                     and result.file is not None
@@ -382,6 +388,48 @@ class HttpProtocol(asyncio.Protocol):
 
         fut.add_done_callback(done)
 
+    def _await_upstream(self, req: Request, need: NeedsUpstream) -> None:
+        """Attach to the object's transfer; answer once its size is known (or it failed)."""
+        misses = self.state.misses
+        assert misses is not None
+        t = misses.attach(need.path)
+        self.deadline_kind = "send"
+        self.deadline = self.now + self._send_timeout
+
+        def ready() -> None:
+            if self.closed:
+                return
+            if not (t.headers_known or t.state == "failed"):
+                t.subscribe(ready)
+                return
+            self.current = None
+            self.now = self.loop.time()
+            try:
+                resp = self.state.handler.respond_transfer(req, t)
+            except Exception:
+                log.exception("answering a miss for %s failed", need.path)
+                resp = self.state.handler.error(500, "internal-error", close=True)
+            self._start(resp, req)
+            if self._pump():
+                self._finish()
+            self._process()
+
+        ready()
+
+    def _arrived(self, t: Transfer, start: int) -> int:
+        """Bytes of a miss's part file that may be sent from ``start`` now. When none,
+        either wait for the transfer to move (resuming then) or, if it failed, cut the
+        connection; the caller returns and sends nothing."""
+        avail = t.available() - start
+        if avail > 0:
+            return avail
+        if t.state == "failed":
+            self._upstream_failed(t)
+        else:
+            self._stop_waiting_writable()
+            t.subscribe(self._resume_if_open)
+        return 0
+
     def _start(self, resp: Response, req: Request | None) -> None:
         self.current = resp
         self.cur_req = req
@@ -435,6 +483,14 @@ class HttpProtocol(asyncio.Protocol):
             f = resp.file
             assert f is not None
             count = min(length, WINDOW_BYTES)
+            g = resp.growing
+            if g is not None:
+                avail = self._arrived(g, start)
+                if avail == 0:
+                    return False
+                if avail < count:
+                    count = avail
+                    self.probed_until = -1
             if start >= self.probed_until and _RWF_NOWAIT:
                 # Inline form of files.is_resident (this is the per-request hot path).
                 try:
@@ -488,6 +544,11 @@ class HttpProtocol(asyncio.Protocol):
             f = resp.file
             assert f is not None
             count = min(length, _COPY_CHUNK)
+            g = resp.growing
+            if g is not None:
+                count = min(count, self._arrived(g, start))
+                if count == 0:
+                    return False
             try:
                 data = read_span_nowait(f.fd, start, count)
             except OSError as exc:
@@ -582,6 +643,17 @@ class HttpProtocol(asyncio.Protocol):
                 self._resume()
 
         self._in_pool(read_span, f, start, count, read)
+
+    def _resume_if_open(self) -> None:
+        if not self.closed and self.current is not None:
+            self._resume()
+
+    def _upstream_failed(self, t: Transfer) -> None:
+        """Headers are out and the rest of the bytes will not come: close the connection
+        short of Content-Length, so the client sees an error, never wrong bytes."""
+        log.info("cutting a response to %s: the upstream transfer failed: %s", t.path, t.reason)
+        self.state.metrics.inc("miss_requests", "cut")
+        self._abort()
 
     def _send_failed(self, exc: BaseException) -> None:
         resp = self.current

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from oca.http.dates import format_http_date
 from oca.server.files import OpenFile
+
+if TYPE_CHECKING:
+    from oca.peering.transfer import Transfer
 
 REASONS: dict[int, str] = {
     200: "OK",
@@ -30,7 +34,9 @@ REASONS: dict[int, str] = {
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     501: "Not Implemented",
+    502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
     505: "HTTP Version Not Supported",
 }
 
@@ -67,6 +73,8 @@ class Response:
     tier: str = ""
     close: bool = False
     note: str = ""  # the decision's reason, for the access log
+    # A miss being fetched: ``file`` is its part file, sent only up to what arrived.
+    growing: Transfer | None = None
 
 
 def simple(

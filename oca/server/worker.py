@@ -24,6 +24,7 @@ import errno
 import gc
 import logging
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -33,13 +34,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import orjson
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from oca.auth.tokens import TokenVerifier
-from oca.config import AuthKey, Config, load_auth_keys, load_config
+from oca.config import AuthKey, Config, appliance_id, load_auth_keys, load_config
 from oca.errors import ConfigError, OcaError
+from oca.peering.known import KnownTable
+from oca.peering.misses import MissFetcher, clean_stale_parts
+from oca.peering.peers import PeerSet
+from oca.peering.summary import InventorySummary
 from oca.server.accesslog import AccessLog
 from oca.server.files import OpenFile, OpenFileCache, open_object
 from oca.server.handler import ContentHandler
@@ -136,6 +142,27 @@ class WorkerState:
         self.verifier: TokenVerifier | None = None
         self.key_ids: list[str] = []
         self.access_log = AccessLog(cfg.server.access_log)
+        # Peering and the miss path (oca.peering).
+        self.appliance = appliance_id(cfg)
+        self.peer_keys = [bytes.fromhex(k) for k in cfg.peering.keys]
+        self.summary = InventorySummary(self.appliance, cfg.peering.site, secrets.token_hex(8))
+        self.summary_generation = -1
+        self.known = KnownTable(cfg.server.state_dir)
+        self.peers: PeerSet | None = None
+        if cfg.peering.peers:
+            self.peers = PeerSet(
+                cfg.peering.peers,
+                me=self.appliance,
+                key=self.peer_keys[0],
+                refresh_seconds=cfg.peering.summary_refresh_seconds,
+                timeout_seconds=cfg.peering.request_timeout_seconds,
+                backoff_max_seconds=cfg.peering.backoff_max_seconds,
+            )
+        self.misses: MissFetcher | None = None
+        if cfg.miss.enabled:
+            self.misses = MissFetcher(
+                cfg, store, self.known, self.peers, self.io_pool, self.metrics.inc
+            )
         self.handler = ContentHandler(self)
 
     # ---------------------------------------------------------------- keys
@@ -171,6 +198,16 @@ class WorkerState:
         if not ok:
             return False, "no healthy disk"
         return True, f"{len(ok)} healthy disk(s)"
+
+    def describe_peers(self) -> list[dict[str, Any]]:
+        return self.peers.describe() if self.peers is not None else []
+
+    def update_summary(self) -> None:
+        """Republish the inventory summary when the store's table changed."""
+        gen = self.store.generation
+        if gen != self.summary_generation:
+            self.summary_generation = gen
+            self.summary.update(self.store.paths())
 
     def render_metrics(self) -> bytes:
         return render(self.collector)
@@ -271,6 +308,8 @@ async def _flush_stats(state: WorkerState) -> None:
 
 async def _refresh(state: WorkerState) -> None:
     await state.loop.run_in_executor(state.io_pool, state.store.refresh)
+    state.update_summary()
+    await state.loop.run_in_executor(state.io_pool, state.known.reload)
 
 
 # -------------------------------------------------------------------- main
@@ -291,6 +330,12 @@ async def serve(
     has_internal = any(lst.internal for lst in listeners)
     state = WorkerState(cfg, loop, store, slot, has_internal, metrics_dir)
     state.load_keys()
+    state.update_summary()
+    await loop.run_in_executor(state.io_pool, state.known.reload)
+    if state.misses is not None:
+        removed = await loop.run_in_executor(state.io_pool, clean_stale_parts, store)
+        if removed:
+            log.info("removed %d part file(s) of misses cut short by a worker that died", removed)
     ssl_ctx: ssl.SSLContext | None = None
     if any(lst.tls for lst in listeners):
         ssl_ctx = make_server_context(cfg.tls.cert_file, cfg.tls.key_file)
@@ -327,6 +372,10 @@ async def serve(
             )
         ),
     ]
+    peer_session: aiohttp.ClientSession | None = None
+    if state.peers is not None:
+        peer_session = aiohttp.ClientSession()
+        tasks.append(asyncio.create_task(state.peers.run(peer_session)))
     # Everything allocated so far (config, inventory, modules) lives for the whole run:
     # move it out of the collector's sight, and collect young objects less often.
     # Per-request objects are freed by reference counting (protocol teardown breaks
@@ -357,6 +406,10 @@ async def serve(
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    if state.misses is not None:
+        await state.misses.close()
+    if peer_session is not None:
+        await peer_session.close()
     await _snapshot(state)
     await _flush_stats(state)
     state.access_log.flush_now()

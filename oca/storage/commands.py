@@ -169,6 +169,28 @@ def run_ls(cfg: StorageConfig, out: TextIO, *, as_json: bool = False) -> int:
         return 0
 
 
+def run_rm(cfg: StorageConfig, paths: list[str], out: TextIO) -> int:
+    """Remove objects (index first, then the file); exit 1 if any was not held."""
+    store = _open(cfg, out, create=False)
+    if store is None:
+        return 1
+    missing = 0
+    with store:
+        for path in paths:
+            try:
+                removed = store.remove(path)
+            except StorageError as exc:
+                print(f"oca store rm: {path}: {exc}", file=out)
+                missing += 1
+                continue
+            if removed:
+                print(f"removed {path}", file=out)
+            else:
+                print(f"not held: {path}", file=out)
+                missing += 1
+    return 1 if missing else 0
+
+
 def run_verify(cfg: StorageConfig, out: TextIO, *, quarantine: bool = True) -> int:
     """Re-hash every object; exit 1 if any is bad or a disk could not be verified."""
     store = _open(cfg, out, create=False)

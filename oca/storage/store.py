@@ -50,7 +50,7 @@ import secrets
 import stat
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, KeysView
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -249,6 +249,11 @@ class Store:
             return self._prefix[rec.disk] + rec.path
         except KeyError:
             raise ObjectNotFound(f"{rec.path}: unknown disk {rec.disk}") from None
+
+    def paths(self) -> KeysView[str]:
+        """The served objects' paths (a view of the current table; it is replaced, never
+        mutated, so the view stays consistent while the caller iterates it)."""
+        return self._table.keys()
 
     def touch(self, path: str, now: float) -> None:
         if path not in self._table:
@@ -656,6 +661,12 @@ class Store:
         if tier not in self._tiers:
             raise StorageError(f"unknown tier {tier!r}; configured: {', '.join(self._tiers)}")
         return tier
+
+    def staging_root(self, path: str, tier: str | None = None) -> str | None:
+        """The root of the disk ``path`` would be placed on in ``tier`` (None: no healthy
+        disk): a file written under it can be installed with :meth:`adopt_file` by rename."""
+        order = self._candidates(self._tier_name(tier), path)
+        return order[0].root if order else None
 
     def _capacity(self, d: _Disk) -> int:
         return d.share_bytes or d.fs_total

@@ -20,11 +20,11 @@ from fill.manifest import (
     parse_manifest,
 )
 from fill.policy import PolicyParams
-from fill.rate import RateLimiter
 from fill.run import policy_params
 from fill.window import jitter_offset, window_state
 from oca.config import load_config, parse_window
 from oca.errors import ConfigError
+from oca.rate import RateLimiter
 
 SHA = "0" * 64
 

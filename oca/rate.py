@@ -1,4 +1,5 @@
-"""One rate cap shared by every transfer of a fill (a token bucket in bytes)."""
+"""One rate cap shared by concurrent transfers (a token bucket in bytes): the fill's
+window-long cap and the miss path's daytime cap."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Peering: appliances at a site share inventory summaries and serve each other's misses."""

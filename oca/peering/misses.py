@@ -1,0 +1,464 @@
+"""The miss path: fetch what a client asked for and this appliance lacks (adapter).
+
+Theory of operation
+-------------------
+When a content request finds nothing in the store, the server asks
+:meth:`MissFetcher.attach` for the object's :class:`~oca.peering.transfer.Transfer`:
+
+- **Coalescing.** One transfer per object per worker: every client that misses the
+  same object while it is being fetched attaches to the same transfer, so N concurrent
+  misses cause one upstream request. The clients' responses send from the transfer's
+  part file as it grows (see :mod:`oca.peering.transfer`).
+- **Sources.** The site's peers whose summaries claim the object (best first), then
+  the origin: the object's own origin URLs from the known-objects table, then
+  ``miss.origins`` with the object's path appended. Peer requests are signed
+  (``X-Oca-Peer``) and served by the peer from its own disks only (hop limit 1).
+- **Retry without wrong bytes.** A source that fails mid-transfer (connection reset,
+  timeout, 5xx, a body shorter than announced) is reported and the transfer goes on
+  from the next source with ``Range: bytes=N-``, where N is what is already on disk;
+  the next source must agree on the total size (a 200 is read past its first N bytes).
+  A source whose size or validator contradicts the known object is not used. Clients
+  never see a seam: they only ever read the part file.
+- **Verify, then install.** The digest is computed as bytes are written. With a known
+  sha256 a mismatch fails the transfer (clients are cut one byte short, see
+  :mod:`oca.peering.transfer`), nothing is installed and the source is reported
+  (a peer is backed off). A verified (or, for objects without a known digest,
+  completed) object is fsynced and installed with the store's own
+  temp-file/rename/journal sequence (:meth:`oca.storage.store.Store.adopt_file`), so
+  the next request is a local hit.
+- **Negative caching.** When every source answered 404, the object is remembered as
+  missing for ``negative_ttl_seconds`` and clients get 404 at once; any other failure
+  gives 502 (504 on a timeout) and is not cached.
+- **Limits.** At most ``max_upstream_transfers`` transfers run at once (the rest
+  queue), over one aiohttp session whose connector pools at most
+  ``max_upstream_connections`` connections, with connect and read timeouts; an
+  optional ``max_rate_bits`` caps the bytes per second pulled upstream.
+
+Blocking file work (creating, writing, fsyncing, installing) runs in the worker's I/O
+thread pool; the event loop only moves bytes between aiohttp and that pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import email.utils
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from cachetools import TTLCache
+
+from oca.config import Config
+from oca.errors import CapacityExceeded, OcaError, StorageError
+from oca.peering.auth import PEER_HEADER
+from oca.peering.known import KnownTable
+from oca.peering.peers import Peer, PeerSet
+from oca.peering.transfer import SourceKind, Transfer
+from oca.rate import RateLimiter
+from oca.storage.inventory import describe_os_error
+from oca.storage.store import Store
+
+log = logging.getLogger("oca.peering")
+
+CHUNK_BYTES = 256 << 10
+MISS_DIR = ".oca/miss"
+_NEGATIVE_MAX = 65536
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    url: str
+    kind: SourceKind
+    address: str
+    peer: Peer | None = None
+
+
+class _NotThere(OcaError):
+    pass
+
+
+class _Failed(OcaError):
+    """The source failed; the next one may do better."""
+
+    def __init__(self, reason: str, status: int = 502) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class _WrongBytes(_Failed):
+    """The source sent bytes that contradict the known object."""
+
+
+class MissFetcher:
+    """See the module docstring. One per worker, on the worker's event loop."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        known: KnownTable,
+        peers: PeerSet | None,
+        io_pool: concurrent.futures.Executor,
+        inc: Callable[[str, str, float], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg.miss
+        self.store = store
+        self.known = known
+        self.peers = peers
+        self.io_pool = io_pool
+        self.inc = inc
+        self.tier = cfg.miss.tier or (cfg.storage.tiers[-1].name if cfg.storage.tiers else None)
+        self.inflight: dict[str, Transfer] = {}
+        self.negative: TTLCache[str, str] = TTLCache(
+            _NEGATIVE_MAX, max(cfg.miss.negative_ttl_seconds, 1e-9), timer=clock
+        )
+        self.slots = asyncio.Semaphore(cfg.miss.max_upstream_transfers)
+        self.limiter = RateLimiter(cfg.miss.max_rate_bits) if cfg.miss.max_rate_bits else None
+        self.session: aiohttp.ClientSession | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.upstream_requests = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def open_session(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            c = self.cfg
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=c.max_upstream_connections),
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=c.connect_timeout_seconds, sock_read=c.read_timeout_seconds
+                ),
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding",),
+            )
+        return self.session
+
+    async def close(self) -> None:
+        for t in list(self.tasks):
+            t.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    def could_fetch(self, path: str) -> bool:
+        """Whether any source could be asked for ``path`` (else: a plain 404)."""
+        if self.cfg.origins or (self.peers is not None and self.peers.peers):
+            return True
+        k = self.known.get(path)
+        return k is not None and bool(k.sources)
+
+    # ------------------------------------------------------------------ attach
+    def negative_reason(self, path: str) -> str | None:
+        return self.negative.get(path) if self.cfg.negative_ttl_seconds > 0 else None
+
+    def attach(self, path: str) -> Transfer:
+        """The transfer for ``path``, started if none is running."""
+        t = self.inflight.get(path)
+        if t is not None:
+            self.inc("miss_requests", "coalesced", 1)
+            return t
+        t = Transfer(path, self.known.get(path))
+        self.inflight[path] = t
+        self.inc("miss_requests", "started", 1)
+        task = asyncio.get_running_loop().create_task(self._run(t))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return t
+
+    # ------------------------------------------------------------------ the transfer
+    async def _run(self, t: Transfer) -> None:
+        try:
+            async with self.slots:
+                await self._fetch(t)
+        except asyncio.CancelledError:
+            if t.state not in ("done", "failed"):
+                t.fail(503, "appliance shutting down")
+            raise
+        except Exception:
+            log.exception("miss transfer of %s failed", t.path)
+            if t.state not in ("done", "failed"):
+                t.fail(502, "internal error")
+        finally:
+            if self.inflight.get(t.path) is t:
+                del self.inflight[t.path]
+            with contextlib.suppress(RuntimeError):
+                await self._in_pool(t.close_file)
+
+    async def _in_pool(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn)
+
+    async def _fetch(self, t: Transfer) -> None:
+        sources = self._sources(t)
+        if not sources:
+            t.fail(404, "no source for this object")
+            self.inc("miss_transfers", "no-source", 1)
+            return
+        try:
+            await self._in_pool(lambda: self._create_part(t))
+        except (OSError, StorageError) as exc:
+            reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            log.warning("miss of %s: cannot create a part file: %s", t.path, reason)
+            t.fail(503, f"no disk to write to: {reason}")
+            self.inc("miss_transfers", "local-error", 1)
+            return
+        h = hashlib.sha256()
+        reasons: list[str] = []
+        status = 404
+        for src in sources:
+            if src.peer is not None and src.peer.backoff_until > time.time():
+                continue
+            try:
+                await self._pull(t, src, h)
+            except _NotThere:
+                reasons.append(f"{src.address}: not there")
+                if src.peer is not None and self.peers is not None:
+                    self.peers.note_absent(src.peer, t.path)
+                self.inc("peer_requests" if src.peer else "origin_requests", "not-found", 1)
+                continue
+            except _Failed as exc:
+                reasons.append(f"{src.address}: {exc}")
+                status = exc.status if status == 404 else status
+                self._blame(src, str(exc), t)
+                continue
+            except OSError as exc:  # writing the part file: the local disk
+                t.fail(503, f"local disk: {describe_os_error(exc)}")
+                self.inc("miss_transfers", "local-error", 1)
+                return
+            if src.peer is not None and self.peers is not None:
+                self.peers.note_hit(src.peer)
+            self.inc("peer_requests" if src.peer else "origin_requests", "ok", 1)
+            break
+        else:
+            why = "; ".join(reasons) or "every source is backed off"
+            if status == 404 and t.written == 0 and reasons:
+                if self.cfg.negative_ttl_seconds > 0:
+                    self.negative[t.path] = why
+                t.fail(404, why)
+                self.inc("miss_transfers", "not-found", 1)
+            else:
+                t.fail(status if status != 404 else 502, why)
+                self.inc("miss_transfers", "failed", 1)
+                log.warning("miss of %s failed: %s", t.path, why)
+            return
+        digest = h.hexdigest()
+        if t.sha256 is not None and digest != t.sha256:
+            why = f"sha256 {digest} over {t.written} bytes, expected {t.sha256}"
+            self._blame(src, f"sent wrong bytes for {t.path}: {why}", t)
+            t.fail(502, f"checksum mismatch: {why}")
+            self.inc("miss_transfers", "corrupt", 1)
+            return
+        try:
+            await self._in_pool(lambda: os.fsync(t.fd))
+        except OSError as exc:
+            t.fail(503, f"local disk: {describe_os_error(exc)}")
+            self.inc("miss_transfers", "local-error", 1)
+            return
+        t.finish()
+        self.inc("miss_transfers", "done", 1)
+        if self.cfg.install:
+            await self._install(t, digest)
+
+    def _sources(self, t: Transfer) -> list[Source]:
+        out: list[Source] = []
+        quoted = quote(t.path)
+        if self.peers is not None:
+            for p in self.peers.candidates(t.path):
+                out.append(Source(p.url + quoted, "peer", p.address, p))
+        seen: set[str] = set()
+        urls = [
+            *(t.known.sources if t.known else ()),
+            *(o.rstrip("/") + quoted for o in self.cfg.origins),
+        ]
+        for u in urls:
+            if u not in seen:
+                seen.add(u)
+                out.append(Source(u, "origin", _address(u)))
+        return out
+
+    def _create_part(self, t: Transfer) -> None:
+        root = self.store.staging_root(t.path, self.tier)
+        if root is None:
+            raise StorageError(f"no healthy disk in tier {self.tier}")
+        d = os.path.join(root, MISS_DIR)
+        os.makedirs(d, exist_ok=True)
+        part = os.path.join(d, f"{os.getpid()}-{secrets.token_hex(8)}.part")
+        t.fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        t.part = part
+
+    def _blame(self, src: Source, reason: str, t: Transfer) -> None:
+        self.inc("peer_requests" if src.peer else "origin_requests", "error", 1)
+        if src.peer is not None and self.peers is not None:
+            self.peers.failed(src.peer, reason)
+        else:
+            log.warning("origin %s: %s (object %s)", src.address, reason, t.path)
+
+    async def _pull(self, t: Transfer, src: Source, h: Any) -> None:
+        """Append what ``src`` has past ``t.written`` to the part file."""
+        session = self.open_session()
+        headers = {"Accept-Encoding": "identity"}
+        if t.written:
+            headers["Range"] = f"bytes={t.written}-"
+        if src.peer is not None and self.peers is not None:
+            headers[PEER_HEADER] = self.peers.sign("GET", t.path)
+        self.upstream_requests += 1
+        loop = asyncio.get_running_loop()
+        try:
+            async with session.get(src.url, headers=headers, allow_redirects=src.peer is None) as r:
+                if r.status in (404, 410):
+                    raise _NotThere(f"HTTP {r.status}")
+                skip = 0
+                if r.status == 200:
+                    total = r.content_length
+                    if total is None:
+                        raise _Failed("no Content-Length")
+                    skip = t.written
+                elif r.status == 206 and t.written:
+                    first, total = _content_range(r.headers.get("Content-Range", ""))
+                    if first != t.written:
+                        raise _WrongBytes(f"Content-Range starts at {first}, asked {t.written}")
+                elif r.status == 503 or r.status == 504 or r.status >= 500:
+                    raise _Failed(f"HTTP {r.status}")
+                else:
+                    raise _Failed(f"unexpected HTTP {r.status}")
+                self._check_identity(t, src, r, total)
+                if not t.headers_known:
+                    if total > self.cfg.max_object_bytes:
+                        raise _Failed(f"{total} bytes is above miss.max_object_bytes")
+                    t.begin(total, _last_modified(r.headers.get("Last-Modified")), src.kind)
+                else:
+                    t.switch_source(src.kind)
+                async for chunk in r.content.iter_chunked(CHUNK_BYTES):
+                    if skip:
+                        if len(chunk) <= skip:
+                            skip -= len(chunk)
+                            continue
+                        chunk = chunk[skip:]
+                        skip = 0
+                    if t.written + len(chunk) > t.size:
+                        raise _WrongBytes(f"more than the {t.size} bytes announced")
+                    if self.limiter is not None:
+                        await self.limiter.take(len(chunk))
+                    pos = t.written
+                    await loop.run_in_executor(self.io_pool, _write_and_hash, t.fd, h, chunk, pos)
+                    self.inc("upstream_bytes", src.kind, len(chunk))
+                    t.advance(len(chunk))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            timeout = isinstance(exc, TimeoutError)
+            raise _Failed(
+                f"{type(exc).__name__}: {exc}".rstrip(": ") + f" after {t.written} bytes",
+                504 if timeout else 502,
+            ) from None
+        if t.written < t.size:
+            raise _Failed(f"connection ended after {t.written} of {t.size} bytes")
+
+    def _check_identity(
+        self, t: Transfer, src: Source, r: aiohttp.ClientResponse, total: int
+    ) -> None:
+        if t.headers_known and total != t.size:
+            raise _WrongBytes(f"object is {total} bytes here, {t.size} at the first source")
+        if t.known is not None and total != t.known.size:
+            raise _WrongBytes(f"object is {total} bytes, the known object {t.known.size}")
+        etag = r.headers.get("ETag")
+        if src.peer is not None and t.sha256 is not None and etag and etag != t.etag:
+            raise _WrongBytes(f"holds another version (ETag {etag}, expected {t.etag})")
+
+    async def _install(self, t: Transfer, digest: str) -> None:
+        path, part = t.path, t.part
+        try:
+            await self._in_pool(
+                lambda: self.store.adopt_file(
+                    path, part, sha256=digest, tier=self.tier, mtime=float(t.mtime)
+                )
+            )
+        except CapacityExceeded as exc:
+            self.inc("miss_installs", "no-room", 1)
+            log.info("miss of %s served but not kept: %s", path, exc)
+            return
+        except StorageError as exc:
+            self.inc("miss_installs", "failed", 1)
+            log.warning("miss of %s served but not kept: %s", path, exc)
+            return
+        t.installed = True
+        self.inc("miss_installs", "installed", 1)
+        log.info("installed %s (%d bytes from %s) after a miss", path, t.size, t.kind)
+
+
+def clean_stale_parts(store: Store) -> int:
+    """Remove part files left by workers that died (blocking; run at worker start)."""
+    removed = 0
+    for d in store.disks():
+        directory = os.path.join(d.root, MISS_DIR)
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            pid_text = name.partition("-")[0]
+            if not (name.endswith(".part") and pid_text.isdigit()):
+                continue
+            if _alive(int(pid_text)):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _write_and_hash(fd: int, h: Any, data: bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        if n <= 0:
+            raise OSError(errno.EIO, "short write")
+        pos += n
+        view = view[n:]
+    h.update(data)
+
+
+def _content_range(value: str) -> tuple[int, int]:
+    """(first byte, total) of ``bytes a-b/total``; _Failed when it is not that."""
+    try:
+        unit, _, rest = value.partition(" ")
+        span, _, total = rest.partition("/")
+        first = int(span.partition("-")[0])
+        size = int(total)
+    except ValueError:
+        raise _Failed(f"bad Content-Range {value!r}") from None
+    if unit != "bytes":
+        raise _Failed(f"bad Content-Range {value!r}")
+    return first, size
+
+
+def _last_modified(value: str | None) -> int:
+    if value:
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            dt = email.utils.parsedate_to_datetime(value)
+            return int(dt.timestamp())
+    return int(time.time())
+
+
+def _address(url: str) -> str:
+    return urlsplit(url).netloc or url
