@@ -6,7 +6,8 @@ The plan (:mod:`fill.planner`) says what to fetch, hottest first, and which held
 objects may go to make room. This module carries it out with ``concurrency`` transfers
 sharing one rate cap (:class:`oca.rate.RateLimiter`):
 
-- **Sources.** For each object: the site's peers (``fill.peers``, in order), then the
+- **Sources.** For each object: the site's peers (``fill.peers``, else
+  ``peering.peers``, in order; signed with the site key when there is one), then the
   manifest's origin URLs. A peer that does not hold the object answers 404 and is
   skipped at once; a connection error, timeout or 5xx is retried with backoff
   (``attempts_per_source``) and then the next source is tried. A source that returns
@@ -50,8 +51,9 @@ import aiohttp
 from fill.metrics import FillMetrics
 from fill.planner import Eviction, Fetch, FillPlan
 from oca.auth.tokens import signed_path
-from oca.config import Config, load_auth_keys
+from oca.config import Config, appliance_id, load_auth_keys
 from oca.errors import CapacityExceeded, OcaError, StorageError
+from oca.peering.auth import PEER_HEADER, sign_peer
 from oca.rate import RateLimiter
 from oca.storage.commands import format_bytes
 from oca.storage.inventory import describe_os_error
@@ -167,6 +169,10 @@ class FillRun:
             self._evictions.setdefault(e.disk, []).append(e)
         self._commit_lock = asyncio.Lock()
         self._keys = load_auth_keys(cfg.auth) if (cfg.auth.keys or cfg.auth.keys_file) else ()
+        # With a site key, peers are asked as peers (X-Oca-Peer): served from their own
+        # disks, no URL token needed. Without one, with a URL token signed by our keys.
+        self._peer_key = bytes.fromhex(cfg.peering.keys[0]) if cfg.peering.keys else None
+        self._me = appliance_id(cfg)
 
     # ------------------------------------------------------------------ driver
     async def run(self) -> FillSummary:
@@ -270,7 +276,7 @@ class FillRun:
 
     def _sources(self, f: Fetch) -> list[Source]:
         out: list[Source] = []
-        for peer in self.fcfg.peers:
+        for peer in self.fcfg.peers or self.cfg.peering.peers:
             out.append(
                 Source(peer.rstrip("/") + quote(self._peer_path(f.path)), "peer", _address(peer))
             )
@@ -279,7 +285,7 @@ class FillRun:
         return out
 
     def _peer_path(self, path: str) -> str:
-        if not self._keys:
+        if not self._keys or self._peer_key is not None:
             return path
         key = next((k for k in self._keys if k.id == self.cfg.auth.signing_key_id), self._keys[0])
         return signed_path(key.id, bytes.fromhex(key.secret), path, int(self.clock()) + 3600)
@@ -307,6 +313,9 @@ class FillRun:
                 h = hashlib.sha256()
             resumed = have > 0
             headers = {"Range": f"bytes={have}-"} if have else {}
+            if src.kind == "peer" and self._peer_key is not None:
+                expires = int(self.clock()) + 300
+                headers[PEER_HEADER] = sign_peer(self._peer_key, self._me, "GET", f.path, expires)
             try:
                 async with self.session.get(src.url, headers=headers, allow_redirects=True) as r:
                     if r.status in (404, 410):

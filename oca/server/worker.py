@@ -72,6 +72,42 @@ class Listener:
     internal: bool
 
 
+class PeersCollector(Collector):
+    """This worker's view of its peers (each worker polls them itself)."""
+
+    def __init__(self, state: WorkerState) -> None:
+        self.state = state
+
+    def collect(self) -> Any:
+        up = GaugeMetricFamily(
+            "oca_peer_up", "1 if the peer's summary is fresh, 0 if it is backed off or unknown.",
+            labels=["peer"],
+        )  # fmt: skip
+        age = GaugeMetricFamily(
+            "oca_peer_summary_age_seconds",
+            "Seconds since the peer's inventory summary was last confirmed.",
+            labels=["peer"],
+        )
+        objs = GaugeMetricFamily(
+            "oca_peer_objects", "Objects in the peer's last summary.", labels=["peer"]
+        )
+        for p in self.state.describe_peers():
+            name = p["appliance"] or p["url"]
+            up.add_metric([name], 1.0 if p["state"] == "up" else 0.0)
+            if p["summary_age_seconds"] is not None:
+                age.add_metric([name], p["summary_age_seconds"])
+            if p["objects"] is not None:
+                objs.add_metric([name], p["objects"])
+        yield up
+        yield age
+        yield objs
+        inflight = self.state.misses.inflight if self.state.misses is not None else {}
+        yield GaugeMetricFamily(
+            "oca_miss_transfers_in_flight", "Upstream miss transfers running now (this worker).",
+            value=len(inflight),
+        )  # fmt: skip
+
+
 class StoreCollector(Collector):
     def __init__(self, state: WorkerState) -> None:
         self.state = state
@@ -130,6 +166,7 @@ class WorkerState:
             self.metrics_name,
             extra=[
                 StoreCollector(self),
+                PeersCollector(self),
                 TextfileCollector(os.path.join(cfg.server.state_dir, "metrics.d")),
             ],
         )

@@ -20,7 +20,7 @@ from fill.metrics import FillMetrics
 from fill.run import plan_for
 from oca.config import load_config
 from oca.storage.store import Store
-from tests.appliance import Appliance, fetch
+from tests.appliance import Appliance, fetch, new_key, write_tree
 from tests.fill.origin import Origin
 
 MiB = 1 << 20
@@ -147,6 +147,46 @@ def test_peer_first_then_origin(tmp_path: Path, peer: tuple[Appliance, dict[str,
     assert 'oca_fill_objects_total{result="done"} 8.0' in text
     assert "oca_fill_last_success_timestamp_seconds 1." in text
     assert "oca_textfile_errors 0.0" in text
+
+
+def test_peers_from_peering_are_asked_with_the_site_key(tmp_path: Path) -> None:
+    """[peering] peers with a site key: the fill signs its peer requests (X-Oca-Peer), so
+    a peer that demands URL tokens from players still serves it, and the known-objects
+    table for the server's miss path is written from the manifest."""
+    objects = make_objects(4, 64 * 1024)
+    site_key = new_key()
+    src = write_tree(tmp_path / "peer-src", dict(list(objects.items())[:2]))
+    peer_app = Appliance(tmp_path / "peer", tiers=(("ssd", 1),), keys={"k1": new_key()})
+    (tmp_path / "peer").mkdir()
+    peer_app.sections = f'[peering]\nappliance_id = "peer"\nkeys = ["{site_key}"]\n'
+    peer_app.import_tree(src)
+    peer_app.start()
+    try:
+        with Origin(objects) as origin:
+            manifest = write_manifest(tmp_path / "manifest.json", objects, [origin.url])
+            app = filler(tmp_path / "a", manifest)
+            app.sections = (
+                f'[peering]\nappliance_id = "a"\npeers = ["{peer_app.url}"]\n'
+                f'keys = ["{site_key}"]\n'
+            )
+            app.write_config()
+            out = run_fill(app)
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert held(app) == expected(objects)
+            assert origin.requested() == set(list(objects)[2:])
+    finally:
+        peer_app.stop()
+    signed = [
+        orjson.loads(line)
+        for line in (peer_app.root / "access.log").read_bytes().splitlines()
+        if b'"peer":"a"' in line
+    ]
+    # Every object was asked of the peer first; it served what it holds, 404 the rest.
+    assert sorted((r["path"], r["status"]) for r in signed) == sorted(
+        (p, 200 if i < 2 else 404) for i, p in enumerate(objects)
+    )
+    known = orjson.loads((app.root / "state" / "known-objects.json").read_bytes())
+    assert known["objects"][next(iter(objects))][1] == expected(objects)[next(iter(objects))]
 
 
 def test_unreachable_peer_and_failing_origin_url_fall_back(tmp_path: Path) -> None:
