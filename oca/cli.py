@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         "cache-policy", help="hit ratios of the cache policy against libcachesim's", add_help=False
     )
     p.add_argument("args", nargs=argparse.REMAINDER)
+    p = bsub.add_parser(
+        "miss", help="time to first byte of misses and a 100-client popular miss", add_help=False
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
     return ap
 
 
@@ -115,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.serve import main as bench_main
 
         return bench_main(argv[2:])
+    if argv[:2] == ["bench", "miss"]:
+        from bench.miss import main as miss_main
+
+        return miss_main(argv[2:])
     if argv[:2] == ["bench", "cache-policy"]:
         from bench.cache_policy import main as cache_policy_main
 
