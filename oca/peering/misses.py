@@ -5,10 +5,12 @@ Theory of operation
 When a content request finds nothing in the store, the server asks
 :meth:`MissFetcher.attach` for the object's :class:`~oca.peering.transfer.Transfer`:
 
-- **Coalescing.** One transfer per object per worker: every client that misses the
-  same object while it is being fetched attaches to the same transfer, so N concurrent
-  misses cause one upstream request. The clients' responses send from the transfer's
-  part file as it grows (see :mod:`oca.peering.transfer`).
+- **Coalescing.** One transfer per object per appliance: every client that misses the
+  same object while it is being fetched attaches to its worker's transfer, and the
+  workers share one upstream transfer through a lock and a state file
+  (:class:`SharedTransfer`), so N concurrent misses cause one upstream request. The
+  clients' responses send from the transfer's part file as it grows (see
+  :mod:`oca.peering.transfer`).
 - **Sources.** The site's peers whose summaries claim the object (best first), then
   the origin: the object's own origin URLs from the known-objects table, then
   ``miss.origins`` with the object's path appended. Peer requests are signed
@@ -45,6 +47,7 @@ import concurrent.futures
 import contextlib
 import email.utils
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -56,6 +59,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+import orjson
 from cachetools import TTLCache
 
 from oca.config import Config
@@ -73,6 +77,7 @@ log = logging.getLogger("oca.peering")
 CHUNK_BYTES = 256 << 10
 MISS_DIR = ".oca/miss"
 _NEGATIVE_MAX = 65536
+_FOLLOW_POLL_SECONDS = 0.005
 _T = TypeVar("_T")
 
 
@@ -128,6 +133,8 @@ class MissFetcher:
         self.slots = asyncio.Semaphore(cfg.miss.max_upstream_transfers)
         self.limiter = RateLimiter(cfg.miss.max_rate_bits) if cfg.miss.max_rate_bits else None
         self.session: aiohttp.ClientSession | None = None
+        self.lock_dir = os.path.join(cfg.server.state_dir, "miss")
+        self.shared: dict[str, SharedTransfer] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.upstream_requests = 0
 
@@ -207,6 +214,54 @@ class MissFetcher:
             self.inc("miss_transfers", "no-source", 1)
             return
         try:
+            lock = await self._in_pool(lambda: SharedTransfer.claim(self.lock_dir, t.path))
+        except OSError as exc:
+            t.fail(503, f"cannot coordinate the transfer: {describe_os_error(exc)}")
+            self.inc("miss_transfers", "local-error", 1)
+            return
+        if lock is None:
+            await self._follow(t)
+            return
+        self.shared[t.path] = lock
+        try:
+            await self._lead(t, sources)
+        finally:
+            del self.shared[t.path]
+            with contextlib.suppress(OSError, RuntimeError):
+                await self._in_pool(lambda: lock.release(t))
+
+    async def _follow(self, t: Transfer) -> None:
+        """Another worker of this appliance is fetching the object: serve this worker's
+        clients from that worker's part file as it grows (cross-worker coalescing)."""
+        self.inc("miss_transfers", "followed", 1)
+        polls = 0
+        while True:
+            info, grown = await self._in_pool(lambda: SharedTransfer.observe(self.lock_dir, t))
+            polls += 1
+            if info is not None and t.fd >= 0 and not t.headers_known:
+                t.etag = str(info.get("etag") or t.etag)
+                t.begin(int(info["size"]), int(info["mtime"]), info.get("kind") or "origin")
+            if grown:
+                t.advance(grown)
+            state = info.get("state") if info is not None else None
+            if state == "done" and t.fd >= 0 and t.written >= t.size:
+                t.finish()
+                return
+            if state == "done" and t.fd < 0:
+                t.fail(503, "installed by another worker a moment ago; ask again")
+                return
+            if info is not None and state == "failed":
+                t.fail(int(info.get("status") or 502), str(info.get("reason") or "failed"))
+                return
+            if polls % 20 == 0 and await self._in_pool(
+                lambda: SharedTransfer.abandoned(self.lock_dir, t.path)
+            ):
+                t.fail(502, "the worker fetching this object stopped")
+                return
+            await asyncio.sleep(_FOLLOW_POLL_SECONDS)
+
+    async def _lead(self, t: Transfer, sources: list[Source]) -> None:
+        try:
             await self._in_pool(lambda: self._create_part(t))
         except (OSError, StorageError) as exc:
             reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
@@ -268,6 +323,9 @@ class MissFetcher:
             return
         t.finish()
         self.inc("miss_transfers", "done", 1)
+        lock = self.shared.get(t.path)
+        if lock is not None:
+            await self._in_pool(lambda: lock.publish(t))
         if self.cfg.install:
             await self._install(t, digest)
 
@@ -338,6 +396,9 @@ class MissFetcher:
                     if total > self.cfg.max_object_bytes:
                         raise _Failed(f"{total} bytes is above miss.max_object_bytes")
                     t.begin(total, _last_modified(r.headers.get("Last-Modified")), src.kind)
+                    lock = self.shared.get(t.path)
+                    if lock is not None:
+                        await loop.run_in_executor(self.io_pool, lock.publish, t)
                 else:
                     t.switch_source(src.kind)
                 async for chunk in r.content.iter_chunked(CHUNK_BYTES):
@@ -394,6 +455,104 @@ class MissFetcher:
         t.installed = True
         self.inc("miss_installs", "installed", 1)
         log.info("installed %s (%d bytes from %s) after a miss", path, t.size, t.kind)
+
+
+class SharedTransfer:
+    """The lock and the state file through which the workers of one appliance share
+    one transfer per object (blocking methods: run them in the I/O pool).
+
+    The worker that takes ``<state_dir>/miss/<hash>.lock`` (``flock``, released by the
+    kernel if the worker dies) fetches; it writes ``<hash>.json`` (atomic rename) when it
+    starts, when the object's size is known (with the part file's path) and when the
+    transfer ends. The other workers find the lock taken, read the state file and send
+    from the same part file, watching its size grow.
+    """
+
+    def __init__(self, fd: int, base: str) -> None:
+        self.fd = fd
+        self.base = base
+
+    @staticmethod
+    def _base(lock_dir: str, path: str) -> str:
+        return os.path.join(lock_dir, hashlib.sha256(path.encode()).hexdigest()[:40])
+
+    @classmethod
+    def claim(cls, lock_dir: str, path: str) -> SharedTransfer | None:
+        """The lock if this worker is to fetch ``path``; None if another one is."""
+        os.makedirs(lock_dir, exist_ok=True)
+        base = cls._base(lock_dir, path)
+        fd = os.open(base + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            os.close(fd)
+            raise
+        lock = cls(fd, base)
+        lock._write({"path": path, "state": "starting", "pid": os.getpid()})
+        return lock
+
+    def _write(self, info: dict[str, Any]) -> None:
+        tmp = f"{self.base}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(orjson.dumps(info))
+        os.replace(tmp, self.base + ".json")
+
+    def publish(self, t: Transfer) -> None:
+        state = t.state if t.state in ("done", "failed") else "streaming"
+        self._write({
+            "path": t.path, "state": state, "part": t.part, "size": t.size, "mtime": t.mtime,
+            "kind": t.kind, "etag": t.etag, "status": t.status, "reason": t.reason,
+            "pid": os.getpid(),
+        })  # fmt: skip
+
+    def release(self, t: Transfer) -> None:
+        try:
+            if t.state != "done":
+                if t.state != "failed":
+                    t.state, t.status, t.reason = "failed", 503, "transfer abandoned"
+                self.publish(t)
+        finally:
+            os.close(self.fd)  # unlocks
+
+    @classmethod
+    def observe(cls, lock_dir: str, t: Transfer) -> tuple[dict[str, Any] | None, int]:
+        """(the leader's state, bytes the part file grew by since ``t.written``); opens
+        the part file into ``t.fd`` once its path is published."""
+        base = cls._base(lock_dir, t.path)
+        try:
+            with open(base + ".json", "rb") as fh:
+                info = orjson.loads(fh.read())
+        except (OSError, orjson.JSONDecodeError):
+            return None, 0
+        if not isinstance(info, dict) or info.get("path") != t.path:
+            return None, 0
+        if t.fd < 0 and info.get("part") and info.get("state") in ("streaming", "done"):
+            with contextlib.suppress(OSError):
+                t.fd = os.open(str(info["part"]), os.O_RDONLY | os.O_CLOEXEC)
+        grown = 0
+        if t.fd >= 0:
+            grown = max(0, os.fstat(t.fd).st_size - t.written)
+            if t.size >= 0:
+                grown = min(grown, t.size - t.written)
+        return info, grown
+
+    @classmethod
+    def abandoned(cls, lock_dir: str, path: str) -> bool:
+        """True if nobody holds the lock any more (the fetching worker is gone)."""
+        try:
+            fd = os.open(cls._base(lock_dir, path) + ".lock", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+        return True
 
 
 def clean_stale_parts(store: Store) -> int:

@@ -177,23 +177,8 @@ def test_hundred_concurrent_misses_cause_one_upstream_request(site: Site) -> Non
     host, port = site.a.host_port
     # Slow the origin so every client arrives while the transfer is running.
     site.origin.behave(HOT_OBJ, rate_bytes_per_second=8 * MiB)
-    barrier = threading.Barrier(100)
-    results: list[tuple[int, bytes] | BaseException] = [b""] * 100  # type: ignore[list-item]
-
-    def client(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            s, _, b = fetch(host, port, HOT_OBJ, timeout=60)
-            results[i] = (s, hashlib.sha256(b).digest())
-        except BaseException as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(100)]
     started = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results = _crowd(host, port, HOT_OBJ, 100)
     took = time.monotonic() - started
     want = (200, hashlib.sha256(site.data[HOT_OBJ]).digest())
     assert all(r == want for r in results), [r for r in results if r != want][:3]
@@ -201,6 +186,61 @@ def test_hundred_concurrent_misses_cause_one_upstream_request(site: Site) -> Non
     rate = 100 * SIZES[HOT_OBJ] / took / 1e9
     print(f"coalesced miss: 100 clients x {SIZES[HOT_OBJ] >> 20} MiB in {took:.2f} s "
           f"({rate:.2f} GB/s to clients), 1 origin request")  # fmt: skip
+
+
+def test_workers_of_one_appliance_share_one_transfer(site: Site, tmp_path: Path) -> None:
+    """Two workers (SO_REUSEPORT spreads the clients over both): the one that takes the
+    object's lock fetches, the other serves its clients from the same part file."""
+    path = "/titles/w/v1/seg-001.m4s"
+    data = _bytes(7, 3 * MiB)
+    (site.root / "origin" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (site.root / "origin" / path.lstrip("/")).write_bytes(data)
+    site.origin.behave(path, rate_bytes_per_second=6 * MiB)
+    (tmp_path / "w").mkdir()
+    w = Appliance(tmp_path / "w", workers=2)
+    w.sections = f'[miss]\norigins = ["{site.origin.url}"]\n'
+    save_known(str(w.root / "state"), [KnownObject(path, len(data), _sha(data), ())])
+    w.start()
+    try:
+        host, port = w.host_port
+        results = _crowd(host, port, path, 100)
+        want = (200, hashlib.sha256(data).digest())
+        assert all(r == want for r in results), [r for r in results if r != want][:3]
+        assert site.origin.count(path) == 1
+        _wait(lambda: _metric(w, "oca_miss_transfers_total", 'result="followed"') >= 1,
+              what="the second worker to have followed")  # fmt: skip
+        # Counters reach /metrics through per-worker snapshots (once a second).
+        _wait(lambda: _metric(w, "oca_miss_transfers_total", 'result="done"') == 1,
+              what="the leader's count")  # fmt: skip
+        time.sleep(1.2)  # one more snapshot: still exactly one transfer
+        assert _metric(w, "oca_miss_transfers_total", 'result="done"') == 1
+    finally:
+        w.stop()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _crowd(host: str, port: int, path: str, n: int) -> list[Any]:
+    """``n`` clients GET ``path`` at the same instant: (status, sha256) or the error."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+
+    def client(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            s, _, b = fetch(host, port, path, timeout=60)
+            results[i] = (s, hashlib.sha256(b).digest())
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
 
 
 def test_range_on_a_miss_is_answered_before_the_object_is_complete(site: Site) -> None:
