@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from typing import Any
 
 import orjson
 import pytest
+import trustme
 
 from oca.peering.auth import PEER_HEADER, sign_peer
 from oca.peering.known import KnownObject, save_known
@@ -216,6 +218,46 @@ def test_workers_of_one_appliance_share_one_transfer(site: Site, tmp_path: Path)
         assert _metric(w, "oca_miss_transfers_total", 'result="done"') == 1
     finally:
         w.stop()
+
+
+def test_miss_over_https_streams_through_the_tls_path(site: Site, tmp_path: Path) -> None:
+    """Userspace TLS cannot sendfile: the copy path must also wait for bytes to arrive."""
+    path = "/titles/s/v1/seg-001.m4s"
+    data = _bytes(8, 2 * MiB + 5)
+    (site.root / "origin" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (site.root / "origin" / path.lstrip("/")).write_bytes(data)
+    site.origin.behave(path, rate_bytes_per_second=4 * MiB)
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
+    for i, blob in enumerate(cert.cert_chain_pems):
+        blob.write_to_path(str(cert_file), append=i > 0)
+    cert.private_key_pem.write_to_path(str(key_file))
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(ctx)
+    (tmp_path / "s").mkdir()
+    app = Appliance(tmp_path / "s", tls_cert=(str(cert_file), str(key_file)))
+    app.sections = f'[miss]\norigins = ["{site.origin.url}"]\n'
+    save_known(str(app.root / "state"), [KnownObject(path, len(data), _sha(data), ())])
+    app.start()
+    try:
+        port = int(app.urls["https"].rsplit(":", 1)[1])
+        request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as s,
+        ):
+            s.sendall(request)
+            buf = b""
+            while chunk := s.recv(1 << 16):
+                buf += chunk
+        head, _, body = buf.partition(b"\r\n\r\n")
+        status, headers = parse_head(head)
+        assert status == 200 and int(headers["content-length"]) == len(data)
+        assert body == data
+        assert site.origin.count(path) == 1
+    finally:
+        app.stop()
 
 
 def _sha(data: bytes) -> str:
