@@ -174,9 +174,11 @@ class MissFetcher:
     def attach(self, path: str) -> Transfer:
         """The transfer for ``path``, started if none is running."""
         t = self.inflight.get(path)
-        if t is not None:
+        if t is not None and t.state != "failed":
             self.inc("miss_requests", "coalesced", 1)
             return t
+        # A failed transfer may still be winding down: the next one starts afresh (its
+        # sources' verdicts, a backed-off peer among them, are already recorded).
         t = Transfer(path, self.known.get(path))
         self.inflight[path] = t
         self.inc("miss_requests", "started", 1)
@@ -213,6 +215,10 @@ class MissFetcher:
             t.fail(404, "no source for this object")
             self.inc("miss_transfers", "no-source", 1)
             return
+        # This worker's previous transfer of the object may still hold the lock for a
+        # moment (publishing its end): wait for it rather than follow a finished one.
+        while t.path in self.shared:
+            await asyncio.sleep(_FOLLOW_POLL_SECONDS)
         try:
             lock = await self._in_pool(lambda: SharedTransfer.claim(self.lock_dir, t.path))
         except OSError as exc:

@@ -396,9 +396,17 @@ class HttpProtocol(asyncio.Protocol):
         self.deadline_kind = "send"
         self.deadline = self.now + self._send_timeout
 
+        retried = False
+
         def ready() -> None:
+            nonlocal t, retried
             if self.closed:
                 return
+            if t.state == "failed" and t.status != 404 and not retried:
+                # The transfer this request joined failed before it sent anything here:
+                # one fresh attempt (the failing source is already known and avoided).
+                retried = True
+                t = misses.attach(need.path)
             if not (t.headers_known or t.state == "failed"):
                 t.subscribe(ready)
                 return
