@@ -53,6 +53,7 @@ from fill.planner import Eviction, Fetch, FillPlan
 from oca.auth.tokens import signed_path
 from oca.config import Config, appliance_id, load_auth_keys
 from oca.errors import CapacityExceeded, OcaError, StorageError
+from oca.http.semantics import parse_content_range
 from oca.peering.auth import PEER_HEADER, sign_peer
 from oca.rate import RateLimiter
 from oca.storage.commands import format_bytes
@@ -321,7 +322,10 @@ class FillRun:
                     if r.status in (404, 410):
                         raise _NotThere(f"HTTP {r.status}")
                     if r.status == 206 and have:
-                        first, total = _content_range(r.headers.get("Content-Range", ""))
+                        first, total = parse_content_range(r.headers.get("Content-Range", "")) or (
+                            -1,
+                            -1,
+                        )
                         if first != have or total != f.size:
                             raise _WrongBytes(
                                 f"Content-Range {r.headers.get('Content-Range')!r} for a "
@@ -419,18 +423,6 @@ def _address(url: str) -> str:
     u = urlsplit(url)
     port = u.port or (443 if u.scheme == "https" else 80)
     return f"{u.scheme}://{u.hostname}:{port}"
-
-
-def _content_range(value: str) -> tuple[int, int]:
-    try:
-        unit, rest = value.split(" ", 1)
-        span, total = rest.split("/")
-        first = span.split("-")[0]
-        if unit != "bytes":
-            raise ValueError
-        return int(first), int(total)
-    except ValueError:
-        return -1, -1
 
 
 def _hash_prefix(fd: int, n: int) -> tuple[hashlib._Hash, int]:

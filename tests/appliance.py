@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import orjson
+import trustme
 
 
 @dataclass
@@ -170,6 +171,21 @@ class Appliance:
 
     def log_text(self) -> str:
         return (self.root / "server.log").read_text(errors="replace")
+
+
+def make_tls(directory: Path) -> tuple[str, str, ssl.SSLContext]:
+    """A trustme CA's certificate for localhost/127.0.0.1 written to ``directory``:
+    (cert file, key file, a client context that trusts only that CA, ALPN http/1.1)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    cert_file, key_file = directory / "server.pem", directory / "server.key"
+    for i, blob in enumerate(cert.cert_chain_pems):
+        blob.write_to_path(str(cert_file), append=i > 0)
+    cert.private_key_pem.write_to_path(str(key_file))
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(ctx)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return str(cert_file), str(key_file), ctx
 
 
 def free_port() -> int:

@@ -92,6 +92,7 @@ __all__ = [
     "decide",
     "decide_range",
     "multipart_plan",
+    "parse_content_range",
     "unsatisfied_range",
 ]
 
@@ -423,6 +424,22 @@ def _parsed_range_decision(rep: Representation, value: str, max_ranges: int) -> 
     if len(spans) == 1:
         return Decision(206, (spans[0],), "range")
     return Decision(206, tuple(spans), "multirange")
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
+
+
+def parse_content_range(value: str) -> tuple[int, int] | None:
+    """``(first, total)`` of a 206's ``bytes first-last/total`` (§14.4), or None when the
+    value is not that shape or is inconsistent (``last`` before ``first`` or past the end).
+    What a client resuming a transfer reads back from the server."""
+    m = _CONTENT_RANGE.fullmatch(value.strip())
+    if m is None:
+        return None
+    first, last, total = int(m[1]), int(m[2]), int(m[3])
+    if first > last or last >= total:
+        return None
+    return first, total
 
 
 def content_range(span: Span, size: int) -> str:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import email.utils
 import errno
 import fcntl
 import hashlib
@@ -56,7 +55,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -64,9 +63,11 @@ from cachetools import TTLCache
 
 from oca.config import Config
 from oca.errors import CapacityExceeded, OcaError, StorageError
+from oca.http.dates import parse_http_date
+from oca.http.semantics import parse_content_range
 from oca.peering.auth import PEER_HEADER
 from oca.peering.known import KnownTable
-from oca.peering.peers import Peer, PeerSet
+from oca.peering.peers import Peer, PeerSet, address_of
 from oca.peering.transfer import SourceKind, Transfer
 from oca.rate import RateLimiter
 from oca.storage.inventory import describe_os_error
@@ -90,7 +91,7 @@ class Source:
 
 
 class _NotThere(OcaError):
-    pass
+    """The source answered 404 or 410: it does not hold the object."""
 
 
 class _Failed(OcaError):
@@ -349,7 +350,7 @@ class MissFetcher:
         for u in urls:
             if u not in seen:
                 seen.add(u)
-                out.append(Source(u, "origin", _address(u)))
+                out.append(Source(u, "origin", address_of(u)))
         return out
 
     def _create_part(self, t: Transfer) -> None:
@@ -390,7 +391,10 @@ class MissFetcher:
                         raise _Failed("no Content-Length")
                     skip = t.written
                 elif r.status == 206 and t.written:
-                    first, total = _content_range(r.headers.get("Content-Range", ""))
+                    parsed = parse_content_range(r.headers.get("Content-Range", ""))
+                    if parsed is None:
+                        raise _Failed(f"bad Content-Range {r.headers.get('Content-Range')!r}")
+                    first, total = parsed
                     if first != t.written:
                         raise _WrongBytes(f"Content-Range starts at {first}, asked {t.written}")
                 elif r.status == 503 or r.status == 504 or r.status >= 500:
@@ -603,27 +607,6 @@ def _write_and_hash(fd: int, h: Any, data: bytes, pos: int) -> None:
     h.update(data)
 
 
-def _content_range(value: str) -> tuple[int, int]:
-    """(first byte, total) of ``bytes a-b/total``; _Failed when it is not that."""
-    try:
-        unit, _, rest = value.partition(" ")
-        span, _, total = rest.partition("/")
-        first = int(span.partition("-")[0])
-        size = int(total)
-    except ValueError:
-        raise _Failed(f"bad Content-Range {value!r}") from None
-    if unit != "bytes":
-        raise _Failed(f"bad Content-Range {value!r}")
-    return first, size
-
-
 def _last_modified(value: str | None) -> int:
-    if value:
-        with contextlib.suppress(TypeError, ValueError, IndexError):
-            dt = email.utils.parsedate_to_datetime(value)
-            return int(dt.timestamp())
-    return int(time.time())
-
-
-def _address(url: str) -> str:
-    return urlsplit(url).netloc or url
+    stamp = parse_http_date(value) if value else None
+    return stamp if stamp is not None else int(time.time())

@@ -101,7 +101,7 @@ class PeerSet:
         request_ttl_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.peers = [Peer(u.rstrip("/"), _address(u)) for u in urls]
+        self.peers = [Peer(u.rstrip("/"), address_of(u)) for u in urls]
         self.me = me
         self.key = key
         self.refresh_seconds = refresh_seconds
@@ -230,9 +230,9 @@ class PeerSet:
 
 
 class _Bad(OcaError):
-    pass
+    """The peer answered, but not with a usable summary."""
 
 
-def _address(url: str) -> str:
-    u = urlsplit(url)
-    return u.netloc or url
+def address_of(url: str) -> str:
+    """``host:port`` of a base URL, for logs and error messages."""
+    return urlsplit(url).netloc or url

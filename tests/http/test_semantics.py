@@ -19,6 +19,7 @@ from oca.http.semantics import (
     decide,
     decide_range,
     multipart_plan,
+    parse_content_range,
     simple_span,
     unsatisfied_range,
 )
@@ -675,3 +676,28 @@ def test_simple_span_agrees_with_the_full_parser(
                     and junk == "" and length >= 0 and first < size)  # fmt: skip
     else:
         assert full == Decision(206, (Span(*span),), "range")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("bytes 0-99/1000", (0, 1000)),
+        ("bytes 500-999/1000", (500, 1000)),
+        (" bytes 7-7/8 ", (7, 8)),
+        ("bytes 10-5/100", None),  # last before first
+        ("bytes 0-1000/1000", None),  # past the end
+        ("bytes */1000", None),  # a 416's form, not a span
+        ("items 0-9/10", None),
+        ("bytes 0-9/*", None),
+        ("", None),
+    ],
+)
+def test_parse_content_range(value: str, expected: tuple[int, int] | None) -> None:
+    assert parse_content_range(value) == expected
+
+
+@given(st.integers(0, 10**12), st.integers(0, 10**6), st.integers(1, 10**6))
+def test_parse_content_range_reads_back_content_range(first: int, n: int, extra: int) -> None:
+    size = first + n + extra
+    span = Span(first, first + n)
+    assert parse_content_range(content_range(span, size)) == (first, size)

@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,12 +21,19 @@ from typing import Any
 
 import orjson
 import pytest
-import trustme
 
 from oca.peering.auth import PEER_HEADER, sign_peer
 from oca.peering.known import KnownObject, save_known
 from oca.peering.peers import SINCE_HEADER, SUMMARY_PATH
-from tests.appliance import Appliance, fetch, free_port, new_key, parse_head, write_tree
+from tests.appliance import (
+    Appliance,
+    fetch,
+    free_port,
+    make_tls,
+    new_key,
+    parse_head,
+    write_tree,
+)
 from tests.peering.origin_proc import OriginProcess
 
 MiB = 1 << 20
@@ -227,16 +233,9 @@ def test_miss_over_https_streams_through_the_tls_path(site: Site, tmp_path: Path
     (site.root / "origin" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     (site.root / "origin" / path.lstrip("/")).write_bytes(data)
     site.origin.behave(path, rate_bytes_per_second=4 * MiB)
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
-    for i, blob in enumerate(cert.cert_chain_pems):
-        blob.write_to_path(str(cert_file), append=i > 0)
-    cert.private_key_pem.write_to_path(str(key_file))
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ca.configure_trust(ctx)
+    cert_file, key_file, ctx = make_tls(tmp_path)
     (tmp_path / "s").mkdir()
-    app = Appliance(tmp_path / "s", tls_cert=(str(cert_file), str(key_file)))
+    app = Appliance(tmp_path / "s", tls_cert=(cert_file, key_file))
     app.sections = f'[miss]\norigins = ["{site.origin.url}"]\n'
     save_known(str(app.root / "state"), [KnownObject(path, len(data), _sha(data), ())])
     app.start()

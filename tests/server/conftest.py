@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.appliance import Appliance, parse_head, raw_request, write_tree
+from tests.appliance import Appliance, make_tls, parse_head, raw_request, write_tree
 
 T = TypeVar("T")
 
@@ -167,17 +166,7 @@ class TLSMaterial:
 
 @pytest.fixture(scope="session")
 def tls_material(tmp_path_factory: pytest.TempPathFactory) -> TLSMaterial:
-    base = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    cert_file, key_file = base / "server.pem", base / "server.key"
-    for i, blob in enumerate(cert.cert_chain_pems):
-        blob.write_to_path(str(cert_file), append=i > 0)
-    cert.private_key_pem.write_to_path(str(key_file))
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ca.configure_trust(ctx)
-    ctx.set_alpn_protocols(["http/1.1"])
-    return TLSMaterial(str(cert_file), str(key_file), ctx)
+    return TLSMaterial(*make_tls(tmp_path_factory.mktemp("tls")))
 
 
 # --------------------------------------------------------------------------- the site
