@@ -5,15 +5,18 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-APT_PACKAGES := nginx-light wrk iproute2 procps curl luajit libluajit-5.1-dev libssl-dev
+APT_PACKAGES := nginx-light wrk iproute2 procps curl luajit libluajit-5.1-dev libssl-dev \
+	chromium ffmpeg
 STAMP  := $(VENV)/.installed
+BROWSER := tests/browser
+BROWSER_STAMP := $(BROWSER)/node_modules/.installed
 
-.PHONY: demo test test-slow lint typecheck bench-serve system-deps venv clean
+.PHONY: demo test test-slow lint typecheck bench-serve system-deps browser-deps venv clean
 
 demo: venv
 	$(BIN)/oca demo
 
-test: venv system-deps lint typecheck
+test: venv system-deps browser-deps lint typecheck
 	$(BIN)/python -m pytest -q
 
 test-slow: venv system-deps
@@ -40,6 +43,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
+# The real DASH player the browser tests drive (dash.js and playwright-core, pinned by
+# the lock file); reinstalled only when the lock file is newer than the last install.
+browser-deps: $(BROWSER_STAMP)
+
+$(BROWSER_STAMP): $(BROWSER)/package.json $(BROWSER)/package-lock.json
+	cd $(BROWSER) && npm ci --no-audit --no-fund
+	@touch $(BROWSER_STAMP)
+
 # Installs only what is missing; needs root (or sudo) only when something is.
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -53,4 +64,4 @@ apt-install:
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(PKGS) >/dev/null
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info $(BROWSER)/node_modules

@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="only move objects between tiers by their recent requests",
     )
 
+    p = sub.add_parser("drain", help="take this appliance out of steering; players keep playing")
+    _add_config(p)
+    p.add_argument("--undrain", action="store_true", help="put it back into steering")
+
     p = sub.add_parser("sign", help="print a signed URL for PATH on this appliance")
     _add_config(p)
     p.add_argument("path")
@@ -92,6 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="HTTP port (0 = any free port)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--print-configs", action="store_true", help="print the generated config")
+
+    p = sub.add_parser("steering", help="run the control-plane steering service", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+    cat = sub.add_parser("catalog", help="build/update the catalog from DASH packages")
+    csub = cat.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    for action, help_text in (("build", "write a new catalog"), ("add", "add/replace titles")):
+        p = csub.add_parser(action, help=help_text)
+        if action == "build":
+            p.add_argument("--out", required=True, help="catalog file to write")
+        else:
+            p.add_argument("--catalog", required=True, help="catalog file to update")
+        p.add_argument("--url-prefix", default="/", help="URL path of a directory SOURCE")
+        p.add_argument("--origin", action="append", default=[],
+                       help="origin base URL serving directory SOURCEs (repeatable)")  # fmt: skip
+        p.add_argument("sources", nargs="+", metavar="SOURCE",
+                       help="directory of DASH packages or http(s) MPD URL")  # fmt: skip
+    p = csub.add_parser("ls", help="list the titles of a catalog")
+    p.add_argument("--catalog", required=True, help="catalog file to read")
+    p.add_argument("--json", action="store_true")
 
     b = sub.add_parser("bench", help="benchmarks (see bench/)")
     bsub = b.add_subparsers(dest="bench_command", required=True, metavar="BENCH")
@@ -123,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.miss import main as miss_main
 
         return miss_main(argv[2:])
+    if argv[:1] == ["steering"]:
+        # The control plane has its own config file; it shares only the console script.
+        from steering.cli import main as steering_main
+
+        return steering_main(argv[1:])
     if argv[:2] == ["bench", "cache-policy"]:
         from bench.cache_policy import main as cache_policy_main
 
@@ -147,6 +176,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from oca.demo import run_demo
 
         return run_demo(args.dir, args.port, args.workers, args.print_configs)
+    if cmd == "catalog":
+        from steering.catalog_cli import run_catalog
+
+        return run_catalog(args)
     overrides: dict[str, Any] = {}
     if cmd == "serve":
         if args.workers is not None:
@@ -185,6 +218,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.run_verify(cfg.storage, sys.stdout, quarantine=not args.no_quarantine)
     if cmd == "sign":
         return _sign(cfg, args)
+    if cmd == "drain":
+        from oca.health.flags import run_drain
+
+        return run_drain(cfg, undrain=args.undrain, out=sys.stdout)
     raise AssertionError(cmd)  # pragma: no cover
 
 

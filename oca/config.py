@@ -171,6 +171,39 @@ class MissConfig:
 
 
 @dataclass(frozen=True)
+class SteeringConfig:
+    """Heartbeats to the steering service (see docs/config.md and oca.health)."""
+
+    # Base URLs of the steering service's replicas; each gets every heartbeat.
+    urls: tuple[str, ...] = ()
+    # Shared secrets signing heartbeats (X-Oca-Heartbeat): the first signs.
+    keys: tuple[AuthKey, ...] = ()
+    interval_seconds: float = field(default=2.0, metadata=_rng(0.1, 3600))
+    request_timeout_seconds: float = field(default=5.0, metadata=_rng(0.1, 600))
+    region: str = "default"
+    latitude: float | None = field(default=None, metadata=_rng(-90, 90))
+    longitude: float | None = field(default=None, metadata=_rng(-180, 180))
+    # Content base URLs players use; default: the bound content listeners.
+    public_urls: tuple[str, ...] = ()
+    public_https_urls: tuple[str, ...] = ()
+    # Client prefixes served, merged with those read from the routing table.
+    prefixes: tuple[str, ...] = ()
+    # Routing table a BGP daemon installs the ISP's routes in (0 = do not read routes),
+    # the route protocols to take from it (numbers or names such as "bird", "bgp";
+    # empty = any) and the network namespace to read it in ("" = this one).
+    routes_table: int = field(default=0, metadata=_rng(0, 2**32 - 1))
+    routes_protocols: tuple[int | str, ...] = ()
+    routes_netns: str = ""
+    # Link capacity (bits/s) the NIC load is measured against; 0 = the NICs' speed.
+    link_capacity_bits: int = field(default=0, metadata=_rng(0, 10**14))
+    # NICs whose traffic counts; empty = every non-loopback NIC that is up.
+    interfaces: tuple[str, ...] = ()
+    # With every steering URL unreachable: keep serving this long, then follow the policy.
+    grace_seconds: float = field(default=600.0, metadata=_rng(0, 365 * 86400))
+    unreachable_policy: Literal["serve", "stop"] = "serve"
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
     tls: TLSConfig = TLSConfig()
@@ -179,6 +212,7 @@ class Config:
     fill: FillConfig = FillConfig()
     peering: PeeringConfig = PeeringConfig()
     miss: MissConfig = MissConfig()
+    steering: SteeringConfig = SteeringConfig()
     source: str = ""  # file the config was loaded from ("" for defaults)
 
 
@@ -344,6 +378,7 @@ def _validate(cfg: Config) -> None:
         if not peer.startswith(("http://", "https://")):
             raise ConfigError(f"fill.peers[{i}]", f"expected an http(s) base URL, got {peer!r}")
     _validate_peering(cfg)
+    _validate_steering(cfg.steering)
     ids: set[str] = set()
     for i, k in enumerate(cfg.auth.keys):
         _validate_key(k, f"auth.keys[{i}]")
@@ -384,6 +419,46 @@ def _validate_peering(cfg: Config) -> None:
             raise ConfigError(f"miss.origins[{i}]", f"expected an http(s) base URL, got {origin!r}")
     if m.tier and m.tier not in {t.name for t in cfg.storage.tiers}:
         raise ConfigError("miss.tier", f"{m.tier!r} is not a configured tier")
+
+
+def _validate_steering(s: SteeringConfig) -> None:
+    from oca.health.routes import protocol_number
+
+    for key, urls in (
+        ("urls", s.urls),
+        ("public_urls", s.public_urls),
+        ("public_https_urls", s.public_https_urls),
+    ):
+        for i, url in enumerate(urls):
+            if not url.startswith(("http://", "https://")) or len(url) < 10:
+                raise ConfigError(f"steering.{key}[{i}]", f"expected an http(s) URL, got {url!r}")
+        if len(set(urls)) != len(urls):
+            raise ConfigError(f"steering.{key}", "lists a URL twice")
+    ids: set[str] = set()
+    for i, k in enumerate(s.keys):
+        _validate_key(k, f"steering.keys[{i}]")
+        if k.id in ids:
+            raise ConfigError(f"steering.keys[{i}].id", f"duplicate key id {k.id!r}")
+        ids.add(k.id)
+    if s.urls and not s.keys:
+        raise ConfigError("steering.keys", "steering.urls is set, so a heartbeat key is required")
+    if not 1 <= len(s.region) <= 256:
+        raise ConfigError("steering.region", "must be 1-256 characters")
+    for i, prefix in enumerate(s.prefixes):
+        try:
+            ipaddress.ip_network(prefix)
+        except ValueError as exc:
+            raise ConfigError(f"steering.prefixes[{i}]", f"{prefix!r}: {exc}") from None
+    for i, proto in enumerate(s.routes_protocols):
+        try:
+            protocol_number(proto)
+        except ValueError as exc:
+            raise ConfigError(f"steering.routes_protocols[{i}]", str(exc)) from None
+    if s.routes_netns and not re.fullmatch(r"[A-Za-z0-9._-]{1,255}", s.routes_netns):
+        raise ConfigError("steering.routes_netns", f"{s.routes_netns!r} is not a namespace name")
+    for i, nic in enumerate(s.interfaces):
+        if not nic or "/" in nic or len(nic) > 15:
+            raise ConfigError(f"steering.interfaces[{i}]", f"{nic!r} is not an interface name")
 
 
 def appliance_id(cfg: Config) -> str:
@@ -494,5 +569,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     out = dataclasses.asdict(cfg)
     out.pop("source", None)
     for k in out["auth"]["keys"]:
+        k["secret"] = "<redacted>"
+    for k in out["steering"]["keys"]:
         k["secret"] = "<redacted>"
     return out

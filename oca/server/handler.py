@@ -286,6 +286,9 @@ class ContentHandler:
         self, req: Request, token: str | None, obj_path: str, head: bool, *, peer: bool = False
     ) -> Response | NeedsOpen | NeedsUpstream:
         st = self.state
+        if st.refusing is not None:  # steering unreachable past its grace, policy "stop"
+            extra = self._cors(req.headers) + b"Retry-After: 10\r\n"
+            return self.error(503, "steering-unreachable", head=head, extra=extra)
         verifier: TokenVerifier | None = st.verifier
         if verifier is not None and not peer:
             if token is None:

@@ -17,6 +17,10 @@ ready; WATCHDOG=1 pings come from this loop.
 
 The bound addresses are printed as ``oca: listening <kind> <url>`` lines and written
 to ``<state_dir>/run/listeners.json`` so tools and tests using port 0 can find them.
+
+With ``[steering] urls`` set, the supervisor also runs the heartbeat reporter
+(:mod:`oca.health.reporter`, one per appliance), which reads the worker counts from
+:meth:`Supervisor.worker_health` and sends a last heartbeat when a shutdown starts.
 """
 
 from __future__ import annotations
@@ -32,13 +36,18 @@ import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from oca.config import Config, parse_listen
+from oca.health.flags import clear_refusal
+from oca.health.verdict import WorkerHealth
 from oca.server import systemd
 from oca.server.tlsinfo import ktls_available
+
+if TYPE_CHECKING:
+    from oca.health.reporter import HeartbeatReporter
 
 log = logging.getLogger("oca.server")
 
@@ -208,6 +217,13 @@ class Supervisor:
         if os.path.exists(src):
             os.replace(src, os.path.join(self.metrics_dir, f"dead-{index}-{pid}.json"))
 
+    def worker_health(self) -> WorkerHealth:
+        """Workers alive and ready, alive and starting, and restarts so far (heartbeats)."""
+        alive = [s for s in self.slots if s.proc is not None]
+        starting = sum(1 for s in alive if s.ready_r >= 0)
+        restarts = sum(s.restarts for s in self.slots)
+        return WorkerHealth(self.workers, len(alive) - starting, starting, restarts)
+
     # ------------------------------------------------------------------ signals
     def _signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
@@ -245,14 +261,37 @@ class Supervisor:
             kt = ktls_available()
             log.info("kernel TLS %s; HTTPS uses userspace TLS",
                      "available" if kt else "not available (no tls ULP)")  # fmt: skip
+        if clear_refusal(self.cfg.server.state_dir):
+            log.info("removed a steering refusal flag left by an earlier run")
         for slot in self.slots:
             self._spawn(slot)
         wd = systemd.watchdog_interval()
         wd_task = asyncio.create_task(self._watchdog(wd)) if wd else None
+        reporter = self._start_reporter()
         await self.done.wait()
         if wd_task is not None:
             wd_task.cancel()
+        if reporter is not None:
+            await reporter[0].finish(reporter[1])
         return self.exit_code
+
+    def _start_reporter(self) -> tuple[HeartbeatReporter, asyncio.Task[None]] | None:
+        """Heartbeats to the steering service (oca.health), when steering.urls is set."""
+        if not self.cfg.steering.urls:
+            return None
+        from oca.health.reporter import HeartbeatReporter
+
+        reporter = HeartbeatReporter(
+            self.cfg, self.announced, self.worker_health, lambda: self.stopping
+        )
+        task = asyncio.create_task(reporter.run(), name="heartbeats")
+
+        def ended(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("heartbeat reporter stopped", exc_info=t.exception())
+
+        task.add_done_callback(ended)
+        return reporter, task
 
     async def _watchdog(self, interval: float) -> None:
         while True:

@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 from oca.auth.tokens import TokenVerifier
 from oca.config import AuthKey, Config, appliance_id, load_auth_keys, load_config
 from oca.errors import ConfigError, OcaError
+from oca.health.flags import read_refusal, refusal_path
 from oca.peering.known import KnownTable
 from oca.peering.misses import MissFetcher, clean_stale_parts
 from oca.peering.peers import PeerSet
@@ -153,6 +154,10 @@ class WorkerState:
         self.has_internal_listener = has_internal_listener
         self.connections: set[Any] = set()
         self.draining = False
+        # Why content is refused (steering grace over, policy stop), or None; from the
+        # supervisor's flag file, read on the inventory refresh (oca.health.flags).
+        self.refusing: str | None = None
+        self.refusal_path = refusal_path(cfg.server.state_dir)
         self.ready = False
         self.clock: Callable[[], float] = time.time
         self.metrics = WorkerMetrics()
@@ -229,6 +234,8 @@ class WorkerState:
     def readiness(self) -> tuple[bool, str]:
         if self.draining:
             return False, "draining"
+        if self.refusing is not None:
+            return False, self.refusing
         if not self.ready:
             return False, "starting"
         ok = [d for d in self.store.disks() if d.state == "ok"]
@@ -347,6 +354,9 @@ async def _refresh(state: WorkerState) -> None:
     await state.loop.run_in_executor(state.io_pool, state.store.refresh)
     state.update_summary()
     await state.loop.run_in_executor(state.io_pool, state.known.reload)
+    state.refusing = await state.loop.run_in_executor(
+        state.io_pool, read_refusal, state.refusal_path
+    )
 
 
 # -------------------------------------------------------------------- main
@@ -369,6 +379,7 @@ async def serve(
     state.load_keys()
     state.update_summary()
     await loop.run_in_executor(state.io_pool, state.known.reload)
+    state.refusing = await loop.run_in_executor(state.io_pool, read_refusal, state.refusal_path)
     if state.misses is not None:
         removed = await loop.run_in_executor(state.io_pool, clean_stale_parts, store)
         if removed:
