@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import gc
 import ipaddress
 import os
 import random
@@ -421,6 +422,11 @@ def run_inprocess(
             rank(fleet.snapshot(now, catalog), client, title=title, policy=policy)
         return time.perf_counter() - started
 
+    # As the service does after loading: keep the millions of long-lived objects (and
+    # here the requests and heartbeats drawn in advance) out of the cyclic collector's
+    # full passes, which would stall a decision for 0.1-0.5 s.
+    gc.collect()
+    gc.freeze()
     say("warming up")
     rss_cold = _rss()
     decide(warmup, sim0)  # fills the ranking caches
@@ -485,6 +491,7 @@ def run_inprocess(
     explain_rate = explain_n / (time.perf_counter() - t_explain)
 
     snap = fleet.snapshot(end, catalog)
+    gc.unfreeze()
     return {
         "appliances": appliances,
         "sites": sites,
@@ -587,11 +594,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, help="write the figures to this file")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument("--http", action="store_true",
+                    help="also drive a real `oca steering` process over HTTP with wrk")  # fmt: skip
+    ap.add_argument("--http-only", action="store_true", help="only the HTTP measurement")
+    ap.add_argument("--http-seconds", type=float, default=10.0, help="wrk run length")
+    ap.add_argument("--http-connections", default="1,4",
+                    help="wrk connections, one run per comma-separated value")  # fmt: skip
     return ap.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.http_only:
+        return _main_http(args, {})
     try:
         figures = run_inprocess(
             args.appliances, args.sites, args.titles,
@@ -606,6 +621,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"oca bench steering: {exc}", file=sys.stderr)
         return 2
     print_report(figures)
+    if args.http:
+        return _main_http(args, figures)
+    if args.json:
+        args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+def _main_http(args: argparse.Namespace, figures: dict[str, Any]) -> int:
+    from bench.steering_http import print_http, run_http
+
+    try:
+        connections = [int(c) for c in args.http_connections.split(",") if c.strip()]
+        syn = build(
+            appliances=args.appliances, sites=args.sites, titles=args.titles,
+            objects_per_title=args.objects_per_title, regions=args.regions, head=args.head,
+            zipf=args.zipf, interval_seconds=args.interval_seconds, seed=args.seed,
+            now=time.time(),
+            progress=None if args.quiet else (lambda s: print(f"  {s}", file=sys.stderr)),
+        )  # fmt: skip
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        service_cpu, client_cpu = (0, 1) if (os.cpu_count() or 1) >= 2 else (None, None)
+        runs = []
+        for c in connections:
+            r = run_http(
+                syn, duration_s=args.http_seconds, connections=c,
+                delta_fraction=args.delta_fraction, service_cpu=service_cpu,
+                client_cpu=client_cpu,
+            )  # fmt: skip
+            print_http(r)
+            runs.append(r)
+    except (ValueError, RuntimeError) as exc:
+        print(f"oca bench steering: {exc}", file=sys.stderr)
+        return 2
+    figures["http"] = runs
     if args.json:
         args.json.write_bytes(orjson.dumps(figures, option=orjson.OPT_INDENT_2))
     return 0

@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("args", nargs=argparse.REMAINDER)
     p = bsub.add_parser(
+        "steering", help="steering decisions/s in process and over HTTP", add_help=False
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p = bsub.add_parser(
         "miss", help="time to first byte of misses and a 100-client popular miss", add_help=False
     )
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -147,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.miss import main as miss_main
 
         return miss_main(argv[2:])
+    if argv[:2] == ["bench", "steering"]:
+        from bench.steering import main as steering_bench_main
+
+        return steering_bench_main(argv[2:])
     if argv[:1] == ["steering"]:
         # The control plane has its own config file; it shares only the console script.
         from steering.cli import main as steering_main

@@ -35,7 +35,9 @@ request handlers and the ranking (:mod:`steering.ranking`) read without locks.
   slots: the *complete* holders (every object of the title) and *any* holders (at least
   one), maintained incrementally from per-appliance counts of partially held titles,
   so ``title_holders`` never scans inventories. When the catalog's version changes the
-  titles that changed are recounted (or everything, when that is cheaper).
+  titles that changed are recounted (or everything, when that is cheaper). Interned
+  paths are kept while the process runs (a path that comes back keeps its number); a
+  restart compacts the table.
 - **Snapshots** (:mod:`steering.snapshot`) share the inventories and title masks with
   the fleet, copy-on-write: the first change after a publish copies the bitmap of that
   appliance, or the bucket (one of 1,024) of the titles it touches, so publishing is
@@ -57,9 +59,10 @@ import math
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, cast
 
 import orjson
 
@@ -69,6 +72,7 @@ from steering.heartbeat import (
     Heartbeat,
     HeartbeatError,
     parse_heartbeat,
+    parse_inventory,
 )
 from steering.snapshot import (
     BUCKETS,
@@ -170,10 +174,13 @@ class Fleet:
 
     ``missed_heartbeats`` times an appliance's own ``interval_seconds`` is how long it
     stays fresh after a heartbeat; ``forget_after_seconds`` after its last heartbeat it
-    is dropped. Request counts of applied heartbeats go to ``on_requests(appliance_id,
-    region, counts)`` when given, and are summed per region for
-    :meth:`drain_requests` when ``collect_requests`` is set. Thread-safe: one lock
-    guards the mutable state; snapshots are immutable.
+    is dropped. Request counts of applied heartbeats (never of a retry) go to
+    ``on_requests(appliance_id, region, counts)`` when given (called after the state is
+    updated, outside the lock), and are summed per region for :meth:`drain_requests`
+    when ``collect_requests`` is set; :attr:`HeartbeatResult.requests` carries them
+    too. ``catalog`` is the catalog title holders follow until :meth:`snapshot` is
+    given another. Thread-safe: one lock guards the mutable state (:meth:`save` may run
+    in another thread); snapshots are immutable.
     """
 
     def __init__(
@@ -411,28 +418,48 @@ class Fleet:
             bucket.pop(title, None)
 
     def _set_full(self, m: _Member, inv: FullInventory) -> None:
-        intern = self._intern
-        new: set[int] = set()
-        for path in inv.objects:
-            oid = intern.get(path)
-            new.add(self._intern_path(path) if oid is None else oid)
+        """Replace the appliance's set; title masks are updated once per title touched."""
+        get = self._intern.get
+        oids = list(map(get, inv.objects))
+        if None in oids:  # paths seen for the first time
+            for i, path in enumerate(inv.objects):
+                if oids[i] is None:
+                    oid = get(path)
+                    oids[i] = self._intern_path(path) if oid is None else oid
+        new = cast("set[int]", set(oids))
         slot = m.slot
+        bit = 1 << slot
+        oid_title = self._oid_title
         old_bitmap = self._bitmaps[slot]
+        if old_bitmap:  # withdraw the old set's contributions
+            for title in {oid_title[oid] for oid in iter_bits(old_bitmap)}:
+                if title is not None:
+                    bucket = self._bucket(title)
+                    complete, anyone = bucket.get(title, (0, 0))
+                    complete &= ~bit
+                    anyone &= ~bit
+                    if complete or anyone:
+                        bucket[title] = (complete, anyone)
+                    else:
+                        bucket.pop(title, None)
+        m.partial = {}
         bitmap = bytearray((len(self._paths) + 7) >> 3)
         for oid in new:
             bitmap[oid >> 3] |= 1 << (oid & 7)
+        counts = Counter(map(oid_title.__getitem__, new))
+        counts.pop(None, None)
+        title_len = self._title_len
+        for title, held in counts.items():
+            assert title is not None
+            bucket = self._bucket(title)
+            complete, anyone = bucket.get(title, (0, 0))
+            if held >= title_len[title]:
+                complete |= bit
+            else:
+                m.partial[title] = held
+            bucket[title] = (complete, anyone | bit)
         self._bitmaps[slot] = bitmap
         self._owned_bitmaps.add(slot)
-        bit = 1 << slot
-        if old_bitmap:
-            old = set(iter_bits(old_bitmap))
-            for oid in old - new:
-                self._title_remove(m, oid, bit)
-            added: Iterable[int] = new - old
-        else:
-            added = new
-        for oid in added:
-            self._title_add(m, oid, bit)
         m.epoch, m.gen, m.has_inventory, m.count = inv.epoch, inv.gen, True, len(new)
 
     def _writable_bitmap(self, slot: int) -> bytearray:
@@ -828,14 +855,18 @@ def _parse_state(raw: bytes, path: str) -> list[tuple[Heartbeat, float]]:
             if not isinstance(inv, dict) or set(inv) != {"epoch", "gen", "objects"}:
                 raise bad(f"{at}.inventory", "expected null or {epoch, gen, objects}")
             objects = inv["objects"]
-            if not isinstance(objects, list) or not all(
-                type(o) is int and 0 <= o < len(paths) for o in objects
+            if (
+                not isinstance(objects, list)
+                or not set(map(type, objects)) <= {int}
+                or (objects and not 0 <= min(objects) <= max(objects) < len(paths))
             ):
                 raise bad(f"{at}.inventory.objects", "expected indexes into paths")
-            full = {**inv, "kind": "full", "objects": [paths[o] for o in objects]}
-            try:
-                hb = parse_heartbeat({**item["heartbeat"], "inventory": full})
+            try:  # the paths were checked once above: only epoch and gen are left
+                shell = parse_inventory({**inv, "kind": "full", "objects": []})
             except HeartbeatError as exc:
                 raise bad(f"{at}.{exc.field}", exc.detail) from None
+            assert isinstance(shell, FullInventory)
+            objs = tuple(map(paths.__getitem__, objects))
+            hb = replace(hb, inventory=FullInventory(shell.epoch, shell.gen, objs))
         rows.append((hb, float(last_seen)))
     return rows

@@ -49,6 +49,7 @@ __all__ = [
     "IPNetwork",
     "WorkersReport",
     "parse_heartbeat",
+    "parse_inventory",
 ]
 
 HEARTBEAT_SCHEMA: Final = "oca.heartbeat"
@@ -519,7 +520,8 @@ def _fill(value: object) -> FillReport:
     )
 
 
-def _inventory(value: object) -> FullInventory | DeltaInventory | None:
+def parse_inventory(value: object) -> FullInventory | DeltaInventory | None:
+    """A heartbeat's ``inventory`` (null, full or delta); fields named ``inventory.*``."""
     if value is None:
         return None
     d = _object(value, "inventory")
@@ -624,7 +626,7 @@ def parse_heartbeat(payload: object) -> Heartbeat:
             load, "link_capacity_bits_per_second", "load.link_capacity_bits_per_second", 0.0
         ),
         cpu_fraction=_optional_number(load, "cpu_fraction", "load.cpu_fraction", 0.0, 1e6),
-        inventory=_inventory(data.get("inventory")),
+        inventory=parse_inventory(data.get("inventory")),
         requests=_requests(data["requests"]) if "requests" in data else {},
     )
 

@@ -361,9 +361,23 @@ class _Index:
             if len(entries) >= _MAX_ENTRIES:
                 for old in list(islice(entries, _MAX_ENTRIES // 8)):
                     del entries[old]
-            entry = _Entry(self.topo, key, mask)
+            previous, entry = entry, _Entry(self.topo, key, mask)
+            if previous is not None:
+                self._carry(previous, entry)
         entries[cache_key] = entry  # now the most recently used
         return entry
+
+    def _carry(self, old: _Entry, new: _Entry) -> None:
+        """Keep the orders of locations whose site's holders did not change: holders
+        come and go one fill or eviction at a time, and weights never change."""
+        topo = self.topo
+        changed: set[int] = set()
+        for s in _mask_members(old.mask ^ new.mask):
+            changed.update(topo.site_locs.get(topo.site_of[s], ()))
+        for key, order in old.orders.items():
+            if key not in changed if isinstance(key, int) else changed.isdisjoint(key):
+                new.orders[key] = order
+        new.misses = old.misses
 
 
 _INDEXES: weakref.WeakKeyDictionary[Topology, _Index] = weakref.WeakKeyDictionary()

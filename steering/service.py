@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hashlib
 import hmac
 import ipaddress
@@ -40,6 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -258,13 +260,14 @@ class SteeringService:
         bits = 24 if client.version == 4 else 48
         return str(ipaddress.ip_network(f"{client}/{bits}", strict=False))
 
-    def _signed_base(self, base_url: str, title: Title, client: IPAddress) -> tuple[str, int]:
-        """The appliance's base URL for ``title`` with a token in its path."""
+    def _signed_prefix(self, title: Title, client: IPAddress) -> tuple[str, int]:
+        """``/t/<token>/titles/x/`` for ``title`` and this client, and its expiry: one
+        token serves every appliance, so it is signed once per answer."""
         expires = int(self.clock()) + self.cfg.urls.token_ttl_seconds
         if self.signer is None:
-            return base_url.rstrip("/") + title.prefix, 0
-        url = self.signer.signed_base(base_url, title.prefix, expires, self._token_client(client))
-        return url, expires
+            return quote(title.prefix), 0
+        signed = self.signer.signed_prefix(title.prefix, expires, self._token_client(client))
+        return signed, expires
 
     def _base_of(self, appliance: Any) -> str | None:
         urls = appliance.https_urls if self.cfg.urls.scheme == "https" else appliance.urls
@@ -311,15 +314,16 @@ class SteeringService:
             return got
         title, client, path, ranking = got
         urls = []
+        signed, expires = self._signed_prefix(title, client)
+        rest = quote(path[len(title.prefix) :]) if path else ""
         for choice in ranking.chosen:
             base = self._base_of(choice.appliance)
             if base is None:
                 continue
-            signed, expires = self._signed_base(base, title, client)
             entry: dict[str, Any] = {
                 "appliance": choice.appliance.id,
                 "site": choice.appliance.site,
-                "url": signed + (path[len(title.prefix) :] if path else ""),
+                "url": base.rstrip("/") + signed + rest,
                 "token_expires": expires or None,
             }
             if explain:
@@ -414,10 +418,11 @@ class SteeringService:
             return got
         title, client, _, ranking = got
         bases = []
+        signed, _ = self._signed_prefix(title, client)
         for choice in ranking.chosen:
             base = self._base_of(choice.appliance)
             if base is not None:
-                bases.append((choice.appliance.id, self._signed_base(base, title, client)[0]))
+                bases.append((choice.appliance.id, base.rstrip("/") + signed))
         if not bases:
             return self._empty(title)
         try:
@@ -502,7 +507,14 @@ class SteeringService:
         except HeartbeatError as exc:
             self.metrics.heartbeats.labels("malformed").inc()
             return _error(400, str(exc))
-        self._record_requests(result.region, payload.get("requests"))
+        inventory = payload.get("inventory") if isinstance(payload, dict) else None
+        if isinstance(inventory, dict) and inventory.get("kind") == "full":
+            # A full inventory is hundreds of thousands of long-lived objects; left to
+            # the cyclic collector, each full collection would walk them all (seconds
+            # with a 1,000-appliance fleet), stalling every answer meanwhile.
+            gc.freeze()
+        # a retried heartbeat (same boot, old seq) brings no counts: never count twice
+        self._record_requests(result.region, dict(result.requests))
         self.metrics.heartbeats.labels("ok").inc()
         return _json({"ok": True, "inventory": result.inventory})
 
@@ -730,6 +742,11 @@ async def serve(cfg: SteeringConfig, *, ready: Callable[[list[str]], None] | Non
         log.warning("no [heartbeat] keys: heartbeats are accepted from anyone")
     if not cfg.urls.keys:
         log.warning("no [urls] keys: appliance URLs are handed out unsigned")
+    # The catalog and fleet are millions of long-lived objects: keep them out of the
+    # cyclic collector's scans, which would otherwise stall answers for tens of ms.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     app = build_app(service)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

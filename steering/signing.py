@@ -203,8 +203,12 @@ class Signer:
         ``Signer(...).signed_base("http://10.1.0.1:8080", "/titles/tos/", exp)`` ->
         ``http://10.1.0.1:8080/t/v1.k1.<exp>.L3RpdGxlcy90b3Mv.~.<sig>/titles/tos/``.
         """
-        origin = _origin(base_url)
-        return f"{origin}{_MARKER_PREFIX}{self.token(prefix, expires, client)}{quote(prefix)}"
+        return _origin(base_url) + self.signed_prefix(prefix, expires, client)
+
+    def signed_prefix(self, prefix: str, expires: int, client: str | None = None) -> str:
+        """``/t/<token>`` + ``prefix``, percent-encoded: what :meth:`signed_base` puts
+        after any appliance's origin (one token serves every appliance)."""
+        return f"{_MARKER_PREFIX}{self.token(prefix, expires, client)}{quote(prefix)}"
 
     def signed_url(
         self,

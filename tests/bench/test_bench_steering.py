@@ -16,6 +16,7 @@ import pytest
 
 from bench.steering import build, main
 from steering.heartbeat import parse_heartbeat
+from steering.ranking import RankPolicy, rank
 
 
 def test_smoke_run_prints_sane_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,3 +71,44 @@ def test_the_synthetic_fleet() -> None:
     requests = s.requests(100, rng)
     assert all(tid in s.catalog.titles for _, tid in requests)
     assert sum(snap.longest_match(c) is None for c, _ in requests) < 30
+
+
+def test_fast_rankings_equal_the_reference_on_the_synthetic_fleet() -> None:
+    """Many sites, locations and prefixes, heartbeats with deltas and overloads: the
+    fast path gives what the explained reference gives."""
+    s = build(appliances=60, sites=12, titles=300, head=20, regions=3)
+    rng = random.Random(7)
+    policies = [RankPolicy(), RankPolicy(n=3), RankPolicy(n=25, site_peering=False),
+                RankPolicy(n=4, allow_miss=True, overload_threshold=0.5)]  # fmt: skip
+    beats = s.heartbeats(1.0, rng, delta_fraction=0.3)
+    for round_ in range(3):
+        for _ in range(40):
+            t, doc = next(beats)
+            s.fleet.apply(doc, t)
+        snap = s.fleet.snapshot(t, s.catalog)
+        for client, title in s.requests(150, rng):
+            policy = policies[rng.randrange(len(policies))]
+            fast = rank(snap, client, title=title, policy=policy)
+            slow = rank(snap, client, title=title, policy=policy, explain=True)
+            got = [(c.appliance.id, c.holder, c.prefix, c.overloaded) for c in fast.chosen]
+            want = [(c.appliance.id, c.holder, c.prefix, c.overloaded) for c in slow.chosen]
+            assert got == want, (round_, str(client), title, policy)
+
+
+def test_http_smoke_run_against_a_real_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The HTTP half: a real ``oca steering`` process, heartbeats over HTTP, wrk."""
+    report = tmp_path / "http.json"
+    code = main(
+        ["--appliances", "20", "--sites", "4", "--regions", "2", "--titles", "200",
+         "--head", "20", "--http-only", "--http-seconds", "1", "--http-connections", "2",
+         "--quiet", "--json", str(report)]
+    )  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "over HTTP" in out and "latency p99" in out
+    (run,) = orjson.loads(report.read_bytes())["http"]
+    assert run["decisions"] > 0 and run["errors"] == 0
+    assert run["full_inventories_refused"] == 0 and run["heartbeats_refused"] == 0
+    assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -388,13 +388,25 @@ def test_a_bad_field_in_a_saved_heartbeat_is_named(tmp_path: Path) -> None:
     fleet.save(str(path))
     with pytest.raises(FleetStateError, match="already knows"):
         fleet.load(str(path), 0.0)
-    doc = orjson.loads(path.read_bytes())
-    doc["appliances"][1]["heartbeat"]["health"]["state"] = "sick"
-    path.write_bytes(orjson.dumps(doc))
-    fresh = Fleet()
-    with pytest.raises(FleetStateError, match=r"appliances\[1\]\.heartbeat\.health\.state: "):
-        fresh.load(str(path), 0.0)
-    assert len(fresh) == 0
+    saved = orjson.loads(path.read_bytes())
+    changes: list[tuple[Callable[[dict[str, Any]], object], str]] = [
+        (lambda d: d["appliances"][1]["heartbeat"]["health"].update(state="sick"),
+         r"appliances\[1\]\.heartbeat\.health\.state: "),
+        (lambda d: d["appliances"][0]["inventory"].update(objects=[1]),
+         r"appliances\[0\]\.inventory\.objects: expected indexes into paths"),
+        (lambda d: d["appliances"][0]["inventory"].update(objects=[True]),
+         r"appliances\[0\]\.inventory\.objects: "),
+        (lambda d: d["appliances"][0]["inventory"].update(gen=-1),
+         r"appliances\[0\]\.inventory\.gen: -1 is below 0"),
+    ]  # fmt: skip
+    for change, where in changes:
+        doc = copy.deepcopy(saved)
+        change(doc)
+        path.write_bytes(orjson.dumps(doc))
+        fresh = Fleet()
+        with pytest.raises(FleetStateError, match=where):
+            fresh.load(str(path), 0.0)
+        assert len(fresh) == 0
 
 
 # --------------------------------------------------------------------------- delta protocol

@@ -136,7 +136,7 @@ def world(
         yield w
     finally:
         for app in apps.values():
-            app.stop(signal.SIGKILL if app.proc and app.proc.poll() is None else signal.SIGTERM)
+            app.stop()
         steering.stop()
 
 

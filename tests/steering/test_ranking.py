@@ -404,22 +404,30 @@ def test_ranking_properties(
 
 
 @settings(max_examples=60, deadline=None)
-@given(specs=appliance_specs(), client=st.sampled_from(CLIENTS), policy=policies)
+@given(specs=appliance_specs(), policy=policies, data=st.data())
 def test_caches_follow_inventory_changes(
-    specs: list[tuple[str, dict[str, Any], float]], client: str, policy: RankPolicy
+    specs: list[tuple[str, dict[str, Any], float]], policy: RankPolicy, data: st.DataObject
 ) -> None:
-    """Rankings from a fleet that changed stay equal to those of a fleet built fresh in
-    the final state (the per-title caches are never served stale)."""
+    """Rankings from a fleet whose inventories keep changing stay equal to those of a
+    fleet built fresh in each state (the per-title caches are never served stale)."""
     fleet = Fleet(catalog=CAT)
     for aid, spec, ago in specs:
         fleet.apply(heartbeat(aid, **{**spec, "objects": OBJECTS}), 100.0 - ago)
-    for title in ("a", "b"):
-        rank(fleet.snapshot(100.0), client, title=title, policy=policy)
-    for aid, spec, ago in specs:
-        fleet.apply(heartbeat(aid, seq=2, **spec), 100.0 - ago)
-    changed = fleet.snapshot(100.0)
-    fresh = _snapshot(specs, range(len(specs)))
-    for title in ("a", "b"):
-        assert _key(rank(changed, client, title=title, policy=policy)) == _key(
-            rank(fresh, client, title=title, policy=policy)
-        )
+    for step in range(1, 4):
+        for client in CLIENTS:  # warm the caches at many locations
+            for title in ("a", "b"):
+                rank(fleet.snapshot(100.0), client, title=title, policy=policy)
+        specs = [
+            (aid, {**spec, "objects": data.draw(st.lists(st.sampled_from(OBJECTS), unique=True))},
+             ago)
+            for aid, spec, ago in specs
+        ]  # fmt: skip
+        for aid, spec, ago in specs:
+            fleet.apply(heartbeat(aid, seq=1 + step, **spec), 100.0 - ago)
+        changed = fleet.snapshot(100.0)
+        fresh = _snapshot(specs, range(len(specs)))
+        for client in CLIENTS:
+            for title in ("a", "b"):
+                assert _key(rank(changed, client, title=title, policy=policy)) == _key(
+                    rank(fresh, client, title=title, policy=policy)
+                )

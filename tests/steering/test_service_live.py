@@ -105,7 +105,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for app in apps.values():
             app.start()
         world = World(steering, origin, apps, tree, hb_key, url_key)
-        wait_until(lambda: len(in_rotation(world)) == 3, 20, "all three appliances in rotation")
+        n = len(list((PATTERN / "pattern").iterdir()))
+
+        def settled() -> bool:
+            # in rotation, and the holders' first full inventories have arrived
+            fleet = world.steering.fleet()
+            return len(in_rotation(world)) == 3 and all(
+                fleet[a]["objects"] == n for a in ("a1", "a2")
+            )
+
+        wait_until(settled, 20, "all three appliances in rotation with their inventories")
         yield world
     finally:
         for app in apps.values():
