@@ -14,10 +14,7 @@ decisions per second and the latency percentiles it saw, including connection qu
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import os
 import random
 import secrets
@@ -37,7 +34,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.measure import rss_bytes
 from bench.wrk import WrkResult, lua_script, parse_result
+from oca.health.heartbeat import sign_heartbeat
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,8 +49,7 @@ def _free_port() -> int:
 
 
 def _sign(key: bytes, body: bytes) -> str:
-    mac = hmac.new(key, body, hashlib.sha256).digest()
-    return "hb:" + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    return sign_heartbeat("hb", key, body)
 
 
 @contextlib.contextmanager
@@ -232,7 +230,7 @@ def run_http(
             feeder.stop_event.set()
             feeder.join(30)
             result: WrkResult = parse_result(out.stdout)
-            rss = _rss_of(pid)
+            rss = rss_bytes([pid])
     return {
         "connections": connections,
         "duration_s": result.duration_s,
@@ -253,19 +251,6 @@ def run_http(
         "feeder_late_s": feeder.late_seconds,
         "service_rss_mib": rss / (1 << 20),
     }
-
-
-def _rss_of(pid: int) -> int:
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        total = proc.memory_info().rss
-        for child in proc.children(recursive=True):
-            total += child.memory_info().rss
-        return int(total)
-    except psutil.Error:
-        return 0
 
 
 def print_http(r: dict[str, Any]) -> None:

@@ -36,13 +36,11 @@ file, streaming: :func:`build_title_from_dir` from a packager's output tree on d
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import math
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -52,6 +50,7 @@ from urllib.parse import quote, unquote, urlsplit
 import aiohttp
 import orjson
 
+from steering.files import write_atomic
 from steering.mpd import MpdError, MpdInfo, origin_of, parse_mpd
 
 __all__ = [
@@ -316,23 +315,7 @@ class Catalog:
 
     def save(self, path: str) -> None:
         """Write atomically: temporary file in the same directory, fsync, rename."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, temp = tempfile.mkstemp(prefix=".catalog-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(self.to_json())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(path, self.to_json(), prefix=".catalog-")
 
     @classmethod
     def load(cls, path: str) -> Catalog:

@@ -53,11 +53,8 @@ same heartbeats in another order; nothing a snapshot answers depends on them.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import math
-import os
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -66,6 +63,7 @@ from typing import TYPE_CHECKING, Final, Literal, cast
 
 import orjson
 
+from steering.files import write_atomic
 from steering.heartbeat import (
     DeltaInventory,
     FullInventory,
@@ -772,23 +770,7 @@ class Fleet:
                 "appliances": appliances,
             }
         )
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".fleet-", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dirfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        write_atomic(path, data, prefix=".fleet-")
 
     def load(self, path: str, now: float) -> int:
         """Load a state written by :meth:`save` into this (empty) fleet; returns how

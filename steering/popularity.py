@@ -55,15 +55,14 @@ does I/O, and the time is an argument.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NotRequired, TypedDict, Unpack
 
 import orjson
+
+from steering.files import write_atomic
 
 if TYPE_CHECKING:
     from steering.catalog import Catalog, Title
@@ -532,18 +531,7 @@ class Popularity:
 
     def save(self, path: str) -> None:
         """Write :meth:`to_json` to ``path`` atomically (temp file, fsync, rename)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".popularity.", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, self.to_json(), prefix=".popularity-")
 
     @classmethod
     def load(

@@ -669,7 +669,8 @@ class SteeringService:
         snap = self.snapshot()
         counts = {"in-rotation": 0, "unhealthy": 0, "stale": 0, "draining": 0, "not-serving": 0}
         for a in snap.appliances.values():
-            counts[_status_of(a)] = counts.get(_status_of(a), 0) + 1
+            status = _status_of(a)
+            counts[status] = counts.get(status, 0) + 1
         for state, n in counts.items():
             self.metrics.appliances.labels(state).set(n)
         self.metrics.titles.set(len(self.catalog.titles))

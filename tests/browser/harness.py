@@ -128,7 +128,7 @@ class DocumentServer:
                 self.wfile.write(doc.body)
 
             def log_message(self, format: str, *args: Any) -> None:
-                pass
+                """Requests are kept in ``requests``; nothing goes to stderr."""
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

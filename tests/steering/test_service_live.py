@@ -5,9 +5,6 @@ from the service's manifest)."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import shutil
 import time
 import urllib.error
@@ -22,6 +19,7 @@ import orjson
 import pytest
 
 from fill.manifest import parse_manifest
+from oca.health.heartbeat import sign_heartbeat
 from tests.appliance import Appliance, free_port, wait_until
 from tests.peering.origin_proc import OriginProcess
 from tests.steering.live import PATTERN, Steering, build_catalog, new_key, steering_section
@@ -213,8 +211,7 @@ def test_content_steering_manifest_keeps_a_good_pathway_and_leaves_a_slow_one(
 
 
 def _signed(key: str, body: bytes, key_id: str = "hb") -> str:
-    mac = hmac.new(bytes.fromhex(key), body, hashlib.sha256).digest()
-    return f"{key_id}:{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+    return sign_heartbeat(key_id, bytes.fromhex(key), body)
 
 
 def test_heartbeats_are_authenticated_and_validated(world: World) -> None:
