@@ -48,6 +48,7 @@ $(STAMP): pyproject.toml
 browser-deps: $(BROWSER_STAMP)
 
 $(BROWSER_STAMP): $(BROWSER)/package.json $(BROWSER)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || $(MAKE) --no-print-directory apt-install PKGS="nodejs npm"
 	cd $(BROWSER) && npm ci --no-audit --no-fund
 	@touch $(BROWSER_STAMP)
 
