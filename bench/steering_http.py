@@ -100,6 +100,20 @@ keys = [{{ id = "k1", secret = "{secrets.token_hex(32)}" }}]
             proc.wait(10)
 
 
+@contextlib.contextmanager
+def _pinned(cpu: int | None) -> Iterator[None]:
+    """Run this process on ``cpu`` only (no-op for None or without affinity support)."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 async def _post_all(url: str, key: bytes, docs: list[dict[str, Any]], concurrency: int) -> int:
     """POST heartbeats, ``concurrency`` at a time; the number refused."""
     bad = 0
@@ -201,7 +215,9 @@ def run_http(
             f"/v1/titles/{title}/urls\t{client}" for client, title in syn.requests(requests, rng)
         ]
         (work / "requests.txt").write_text("\n".join(lines) + "\n")
-        with _service(work, hb_key, service_cpu) as (url, pid):
+        with _service(work, hb_key, service_cpu) as (url, pid), _pinned(client_cpu):
+            # this process (the heartbeat feeder) is a client too: keep it off the
+            # service's CPU, beside wrk
             t0 = time.perf_counter()
             now = time.time()
             fulls = [syn.heartbeat(a, now, rng, full=True) for a in syn.appliances]
