@@ -5,15 +5,21 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# prometheus is there for promtool (tests/test_promtool.py lints every /metrics with
+# `promtool check metrics`); where systemd runs, its postinst also starts a Prometheus
+# server (:9090) and node exporter (:9100): `systemctl disable --now prometheus
+# prometheus-node-exporter` if this machine should not run them.
+# systemd is there for systemd-analyze (tests/test_systemd_units.py verifies the units).
 APT_PACKAGES := nginx-light wrk iproute2 procps curl luajit libluajit-5.1-dev libssl-dev \
-	chromium ffmpeg
+	chromium ffmpeg prometheus systemd
 STAMP  := $(VENV)/.installed
 BROWSER := tests/browser
 BROWSER_STAMP := $(BROWSER)/node_modules/.installed
 
 .PHONY: demo test test-slow lint typecheck bench-serve system-deps browser-deps venv clean
 
-demo: venv
+# browser-deps: the player page serves dash.js from tests/browser/node_modules
+demo: venv browser-deps
 	$(BIN)/oca demo
 
 test: venv system-deps browser-deps lint typecheck

@@ -154,10 +154,12 @@ class DocumentServer:
 
 @dataclass
 class PlayerRun:
-    """One run of ``player.mjs`` against ``mpd_url`` for at most ``seconds``."""
+    """One run of ``player.mjs`` against ``mpd_url`` for at most ``seconds``; with
+    ``page_url``, the player is that page's own (see ``--page`` in player.mjs)."""
 
     mpd_url: str
     seconds: float = 60.0
+    page_url: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
@@ -174,8 +176,7 @@ class PlayerRun:
             [
                 NODE,
                 str(PLAYER),
-                "--mpd",
-                self.mpd_url,
+                *(["--page", self.page_url] if self.page_url else ["--mpd", self.mpd_url]),
                 "--seconds",
                 str(self.seconds),
                 "--settings",

@@ -1,6 +1,10 @@
 // Play one DASH MPD with dash.js in headless Chromium and report what happens.
 //
 //   node tests/browser/player.mjs --mpd URL [--seconds 60] [--settings JSON]
+//   node tests/browser/player.mjs --page URL [--seconds 60]
+//
+// With --page, opens that page instead of player.html: a page with its own dash.js
+// player (such as the one `oca demo` serves) that reports through window.ocaReport.
 //
 // Serves player.html and dash.js (from node_modules) on 127.0.0.1 on a free port, opens
 // the page in /usr/bin/chromium (playwright-core, fresh profile, no network services of
@@ -85,6 +89,7 @@ async function main() {
     args = parseArgs({
       options: {
         mpd: { type: "string" },
+        page: { type: "string" },
         seconds: { type: "string", default: "60" },
         settings: { type: "string", default: "{}" },
       },
@@ -95,8 +100,10 @@ async function main() {
     return 2;
   }
   const seconds = Number(args.seconds);
-  if (!args.mpd || !(seconds > 0)) {
-    process.stderr.write("usage: player.mjs --mpd URL [--seconds N] [--settings JSON]\n");
+  if (!(args.mpd || args.page) || !(seconds > 0)) {
+    process.stderr.write(
+      "usage: player.mjs (--mpd URL | --page URL) [--seconds N] [--settings JSON]\n",
+    );
     return 2;
   }
 
@@ -168,8 +175,12 @@ async function main() {
     });
   });
 
-  const query = new URLSearchParams({ mpd: args.mpd, settings: args.settings });
-  await page.goto(`${pageOrigin}/player.html?${query}`);
+  if (args.page) {
+    await page.goto(args.page);
+  } else {
+    const query = new URLSearchParams({ mpd: args.mpd, settings: args.settings });
+    await page.goto(`${pageOrigin}/player.html?${query}`);
+  }
   await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
   await cleanup();
   return 0;
