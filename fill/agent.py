@@ -220,6 +220,9 @@ class FillRun:
             await asyncio.sleep(self.fcfg.progress_interval_seconds)
             if self.progress is not None:
                 self.progress(self.summary, self.bytes_in_flight, len(self.in_flight))
+            # what is left of the plan, for oca_fill_remaining_bytes while the run goes on
+            left = self.plan.fetch_bytes - self.summary.fetched_bytes
+            self.metrics.remaining_bytes = max(left, 0)
             self.metrics.save()
 
     async def _worker(self, queue: asyncio.Queue[Fetch]) -> None:

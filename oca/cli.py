@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--undrain", action="store_true", help="put it back into steering")
 
+    p = sub.add_parser("status", help="live view of this appliance: traffic, hits, disks, fill")
+    _add_config(p)
+    p.add_argument("--json", action="store_true", help="print one JSON document and exit")
+    p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                   help="seconds between the samples rates come from (default 2)")  # fmt: skip
+
     p = sub.add_parser("sign", help="print a signed URL for PATH on this appliance")
     _add_config(p)
     p.add_argument("path")
@@ -91,11 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-id", help="signing key id (default auth.signing_key_id or first key)")
     p.add_argument("--base-url", help="scheme://host:port to put in front (default: listener)")
 
-    p = sub.add_parser("demo", help="serve a generated sample title on 127.0.0.1")
+    p = sub.add_parser(
+        "demo", help="run an origin, two sites of appliances and steering on 127.0.0.1"
+    )
     p.add_argument("--dir", default="", help="working directory (default: a temporary one)")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port (0 = any free port)")
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--print-configs", action="store_true", help="print the generated config")
+    p.add_argument("--port", type=int, default=8080,
+                   help="first of six consecutive ports: the player page, steering, the "
+                        "origin, a1, a2, b1 (0 = any free ports)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=1, help="worker processes per appliance")
+    p.add_argument("--print-configs", action="store_true",
+                   help="print the generated config files and exit")  # fmt: skip
 
     p = sub.add_parser("steering", help="run the control-plane steering service", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -230,6 +241,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from oca.health.flags import run_drain
 
         return run_drain(cfg, undrain=args.undrain, out=sys.stdout)
+    if cmd == "status":
+        from oca.status import run_status
+
+        return run_status(cfg, as_json=args.json, interval=args.interval, out=sys.stdout)
     raise AssertionError(cmd)  # pragma: no cover
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import selectors
@@ -163,6 +164,10 @@ class Appliance:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        # Workers share the supervisor's process group: none may outlive it, even when
+        # the supervisor itself died without stopping them.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         code = self.proc.returncode
         if self.proc.stdout:
             self.proc.stdout.close()

@@ -10,6 +10,11 @@
   writes and removes it; workers read it on their inventory refresh (never per request)
   and answer content requests with 503 while it exists. The supervisor removes a stale
   one at start.
+- ``<state_dir>/run/steering.json`` is what the heartbeat reporter knows about its
+  contact with the steering service, rewritten (by rename) every cycle: each URL's
+  latest outcome, its last successful heartbeat, and the grace state. It names the
+  supervisor's pid, so a reader can tell it from a file left by an earlier run; the
+  reporter removes it when it stops. ``oca status`` reads it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, Literal, TextIO, TypedDict, cast
 
 import orjson
 
@@ -26,14 +31,20 @@ from oca.config import Config, appliance_id
 
 __all__ = [
     "DrainState",
+    "SteeringStatusJSON",
+    "SteeringURLJSON",
     "clear_refusal",
+    "clear_steering_status",
     "drain_path",
     "read_drain",
     "read_refusal",
+    "read_steering_status",
     "refusal_path",
     "run_drain",
     "set_drain",
+    "steering_status_path",
     "write_refusal",
+    "write_steering_status",
 ]
 
 
@@ -51,14 +62,15 @@ class DrainState:
     since: float | None = None
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def _write_atomic(path: str, data: bytes, *, durable: bool = True) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             os.write(fd, data)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -148,3 +160,82 @@ def read_refusal(path: str) -> str | None:
     except OSError as exc:
         return f"steering refusal flag {path} is unreadable: {exc.strerror}"
     return text or "steering unreachable: refusing new content requests"
+
+
+# --------------------------------------------------------------------------- steering
+
+
+def steering_status_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "run", "steering.json")
+
+
+class SteeringURLJSON(TypedDict):
+    url: str
+    state: Literal["ok", "failing", "unknown"]  # the latest heartbeat's outcome
+    reason: str  # why the latest heartbeat failed; "" otherwise
+    last_ok_at: float | None  # when a heartbeat to this URL last succeeded (unix s)
+    last_attempt_at: float | None  # when the latest heartbeat's outcome was known
+
+
+class SteeringStatusJSON(TypedDict):
+    pid: int  # the supervisor's
+    updated_at: float
+    interval_seconds: float
+    contact: Literal["up", "lost", "over"]  # see oca.health.contact
+    contacted: bool  # some heartbeat succeeded since the start
+    last_ok_at: float  # last successful heartbeat to any URL, else the start
+    grace_seconds: float
+    policy: Literal["serve", "stop"]
+    refusing: str  # why content is refused now; "" while it is served
+    urls: list[SteeringURLJSON]
+
+
+def write_steering_status(state_dir: str, doc: SteeringStatusJSON) -> None:
+    """Replace the steering status file (blocking). Not fsynced: it is rewritten every
+    cycle and means nothing after a crash."""
+    _write_atomic(steering_status_path(state_dir), orjson.dumps(doc), durable=False)
+
+
+def clear_steering_status(state_dir: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(steering_status_path(state_dir))
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _optional_number(v: Any) -> bool:
+    return v is None or _number(v)
+
+
+def read_steering_status(state_dir: str) -> SteeringStatusJSON | None:
+    """The steering status file, or None when it is missing or not of this format."""
+    try:
+        with open(steering_status_path(state_dir), "rb") as fh:
+            doc = orjson.loads(fh.read())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not (
+        isinstance(doc, dict)
+        and isinstance(doc.get("pid"), int)
+        and all(_number(doc.get(k)) for k in ("updated_at", "interval_seconds", "last_ok_at"))
+        and _number(doc.get("grace_seconds"))
+        and doc.get("contact") in ("up", "lost", "over")
+        and doc.get("policy") in ("serve", "stop")
+        and isinstance(doc.get("contacted"), bool)
+        and isinstance(doc.get("refusing"), str)
+        and isinstance(doc.get("urls"), list)
+    ):
+        return None
+    for u in doc["urls"]:
+        if not (
+            isinstance(u, dict)
+            and isinstance(u.get("url"), str)
+            and u.get("state") in ("ok", "failing", "unknown")
+            and isinstance(u.get("reason"), str)
+            and _optional_number(u.get("last_ok_at"))
+            and _optional_number(u.get("last_attempt_at"))
+        ):
+            return None
+    return cast(SteeringStatusJSON, doc)

@@ -24,7 +24,9 @@ or the start of a shutdown (either sends a heartbeat at once), to run the grace 
 Failures are logged once per transition per URL ("was ok, now failing, because ...")
 and loss of all contact as the tracker's three lines. With ``unreachable_policy =
 "stop"`` the end of the grace period writes the refusal flag the workers read
-(:mod:`oca.health.flags`) and recovery removes it.
+(:mod:`oca.health.flags`) and recovery removes it. Each cycle also rewrites
+``<state_dir>/run/steering.json`` with every URL's latest outcome, its last successful
+heartbeat and the grace state, for ``oca status``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,16 @@ import psutil
 from oca.config import Config, appliance_id
 from oca.health.contact import ContactTracker
 from oca.health.disks import DiskWatch, StoreView
-from oca.health.flags import clear_refusal, drain_path, read_drain, write_refusal
+from oca.health.flags import (
+    SteeringStatusJSON,
+    SteeringURLJSON,
+    clear_refusal,
+    clear_steering_status,
+    drain_path,
+    read_drain,
+    write_refusal,
+    write_steering_status,
+)
 from oca.health.heartbeat import (
     HEARTBEAT_HEADER,
     HEARTBEAT_PATH,
@@ -145,6 +156,8 @@ class _Replica:
     up: bool | None = None  # latest heartbeat's outcome; None before the first
     reason: str = ""
     task: asyncio.Task[None] | None = None
+    last_ok: float | None = None  # when a heartbeat to it last succeeded
+    last_attempt: float | None = None  # when the latest outcome was known
 
 
 @dataclass(slots=True)
@@ -205,6 +218,7 @@ class HeartbeatReporter:
         self._routes_error: str | None = None
         self._drain_sig: tuple[int, int] | None = None
         self._stop_sent = False
+        self._status_error: str | None = None
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> None:
@@ -236,6 +250,8 @@ class HeartbeatReporter:
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self.contact.refusing:
                 clear_refusal(self.state_dir)
+            with contextlib.suppress(OSError):
+                clear_steering_status(self.state_dir)
 
     async def finish(self, task: asyncio.Task[None], timeout: float = 2.0) -> None:
         """End ``task`` (running :meth:`run`) after the heartbeat saying the appliance is
@@ -310,6 +326,7 @@ class HeartbeatReporter:
             "load_fraction": sample.load_fraction,
         }
         self.cycle = _Cycle(verdict, load, prefixes, requests)
+        await loop.run_in_executor(self._pool, self._publish_status, self.status(now))
         self.seq += 1
         if stopping:
             self._stop_sent = True
@@ -319,6 +336,43 @@ class HeartbeatReporter:
                 log.debug("heartbeat to %s still in flight; skipping this cycle", r.url)
                 continue
             r.task = asyncio.create_task(self._send(session, r, self.cycle, self.seq, inv))
+
+    def status(self, now: float) -> SteeringStatusJSON:
+        """What ``<state_dir>/run/steering.json`` says: the contact as of ``now``."""
+        s = self.cfg.steering
+        urls: list[SteeringURLJSON] = [
+            {
+                "url": r.url,
+                "state": "unknown" if r.up is None else "ok" if r.up else "failing",
+                "reason": r.reason if r.up is False else "",
+                "last_ok_at": r.last_ok,
+                "last_attempt_at": r.last_attempt,
+            }
+            for r in self.replicas
+        ]
+        return {
+            "pid": os.getpid(),
+            "updated_at": now,
+            "interval_seconds": s.interval_seconds,
+            "contact": self.contact.state,
+            "contacted": any(r.last_ok is not None for r in self.replicas),
+            "last_ok_at": self.contact.last_ok,
+            "grace_seconds": s.grace_seconds,
+            "policy": s.unreachable_policy,
+            "refusing": self.contact.refusal_reason(now) or "",
+            "urls": urls,
+        }
+
+    def _publish_status(self, doc: SteeringStatusJSON) -> None:
+        """Thread: write the steering status file; a failure is logged once."""
+        try:
+            write_steering_status(self.state_dir, doc)
+        except OSError as exc:
+            if str(exc) != self._status_error:
+                log.error("cannot write the steering status file: %s", exc)
+            self._status_error = str(exc)
+        else:
+            self._status_error = None
 
     def _take_counts(self, store: StoreView) -> dict[str, int]:
         """Thread: a new inventory generation if the served set changed, and the request
@@ -415,7 +469,9 @@ class HeartbeatReporter:
     ) -> None:
         was = r.up
         r.up, r.reason = reply.ok, reply.reason
+        r.last_attempt = self.clock()
         if reply.ok:
+            r.last_ok = r.last_attempt
             if was is not True:
                 log.info("heartbeat to %s: was %s, now ok", r.url,
                          "failing" if was is False else "not sent yet")  # fmt: skip

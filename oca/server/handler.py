@@ -58,7 +58,7 @@ _PRECONDITIONS = frozenset(
 _PATH_CACHE_SIZE = 16384
 SINCE_HEADER_LOWER = SINCE_HEADER.lower().encode("latin-1")
 _HEAD_206 = b"%b%b%bContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
-INTERNAL_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/peers"})
+INTERNAL_PATHS = frozenset({"/metrics", "/healthz", "/readyz", "/peers", "/status"})
 EXPOSE = (
     b"Access-Control-Expose-Headers: Content-Range, Content-Length, Accept-Ranges, "
     b"ETag, Last-Modified, Date, Server\r\n"
@@ -271,6 +271,10 @@ class ContentHandler:
             body = orjson.dumps({"peers": st.describe_peers()}, option=orjson.OPT_INDENT_2)
             return simple(200, body, content_type=b"application/json", head_only=head,
                           server=self.server_line, note="peers")  # fmt: skip
+        if path == "/status":
+            body = orjson.dumps(st.describe(), option=orjson.OPT_INDENT_2)
+            return simple(200, body, content_type=b"application/json", head_only=head,
+                          server=self.server_line, note="status")  # fmt: skip
         body = st.render_metrics()
         return simple(
             200,

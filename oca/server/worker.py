@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import aiohttp
 import orjson
@@ -73,6 +73,32 @@ class Listener:
     internal: bool
 
 
+class DiskStatusJSON(TypedDict):
+    tier: str
+    path: str  # the disk root as configured
+    state: str  # "ok" or "failed"
+    reason: str  # why it is failed; "" when ok
+    since: float | None  # when the state last changed (unix s)
+    objects: int
+    used_bytes: int
+    capacity_bytes: int
+
+
+class WorkerStatusJSON(TypedDict):
+    """``/status``: one worker's view of the appliance (``oca status`` reads it)."""
+
+    appliance: str
+    site: str
+    worker: int  # slot
+    pid: int
+    workers: int  # configured worker processes
+    ready: bool
+    reason: str  # why ready or not, as /readyz says
+    refusing: str | None  # why content is refused (steering grace over), or None
+    disks: list[DiskStatusJSON]
+    peers: list[dict[str, Any]]  # as /peers
+
+
 class PeersCollector(Collector):
     """This worker's view of its peers (each worker polls them itself)."""
 
@@ -85,7 +111,7 @@ class PeersCollector(Collector):
             labels=["peer"],
         )  # fmt: skip
         age = GaugeMetricFamily(
-            "oca_peer_summary_age_seconds",
+            "oca_peer_inventory_age_seconds",
             "Seconds since the peer's inventory summary was last confirmed.",
             labels=["peer"],
         )
@@ -245,6 +271,34 @@ class WorkerState:
 
     def describe_peers(self) -> list[dict[str, Any]]:
         return self.peers.describe() if self.peers is not None else []
+
+    def describe(self) -> WorkerStatusJSON:
+        ready, reason = self.readiness()
+        disks: list[DiskStatusJSON] = [
+            {
+                "tier": d.tier,
+                "path": d.root,
+                "state": d.state,
+                "reason": d.reason,
+                "since": d.since or None,
+                "objects": d.objects,
+                "used_bytes": d.used_bytes,
+                "capacity_bytes": d.capacity_bytes,
+            }
+            for d in self.store.disks()
+        ]
+        return {
+            "appliance": self.appliance,
+            "site": self.cfg.peering.site,
+            "worker": self.slot,
+            "pid": self.pid,
+            "workers": self.cfg.server.workers or os.cpu_count() or 1,
+            "ready": ready,
+            "reason": reason,
+            "refusing": self.refusing,
+            "disks": disks,
+            "peers": self.describe_peers(),
+        }
 
     def update_summary(self) -> None:
         """Republish the inventory summary when the store's table changed."""

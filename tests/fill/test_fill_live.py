@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -344,3 +346,41 @@ def test_stops_at_the_window_end_and_resumes_with_ranges(tmp_path: Path) -> None
         assert held(app) == expected(objects)
         resumed = [r for _t, _p, r in origin.log[first_log:] if r.startswith("bytes=")]
     assert resumed, "the second run should continue part files with Range requests"
+
+
+def test_remaining_bytes_falls_while_the_run_goes_on(tmp_path: Path) -> None:
+    """oca_fill_remaining_bytes (what `oca status` and the dashboard show as progress)
+    moves during a run, not only at its start and end."""
+    objects = make_objects(4, 500_000)
+    with Origin(objects) as origin:
+        manifest_path = write_manifest(tmp_path / "manifest.json", objects, [origin.url])
+        # 2 MB at 1 MB/s: about 2 s, with progress every 0.2 s ("[fill]" keys: last wins)
+        app = filler(tmp_path / "a", manifest_path, rate_bits=8_000_000)
+        app.config_path.write_text(
+            app.config_path.read_text().replace(
+                "progress_interval_seconds = 0.5", "progress_interval_seconds = 0.2"
+            )
+        )
+        cfg = load_config(app.config_path)
+        prom = Path(cfg.server.state_dir) / "metrics.d" / "fill.prom"
+        manifest = parse_manifest(manifest_path.read_bytes())
+        seen: list[float] = []
+
+        async def fill_and_watch() -> None:
+            with Store.open(cfg.storage) as store:
+                plan = plan_for(cfg, store, manifest, time.time())
+                run = FillRun(cfg, store, plan, FillMetrics(cfg.server.state_dir))
+                task = asyncio.create_task(run.run())
+                while not task.done():
+                    with contextlib.suppress(OSError):
+                        m = re.search(r"^oca_fill_remaining_bytes (\S+)$", prom.read_text(), re.M)
+                        if m:
+                            seen.append(float(m[1]))
+                    await asyncio.sleep(0.05)
+                await task
+
+        asyncio.run(fill_and_watch())
+    total = sum(len(b) for b in objects.values())
+    between = {v for v in seen if 0 < v < total}
+    assert len(between) >= 2, f"remaining bytes seen during the run: {sorted(set(seen))}"
+    assert seen == sorted(seen, reverse=True), "remaining bytes only ever fall"

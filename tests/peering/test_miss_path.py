@@ -169,7 +169,7 @@ def test_miss_is_served_from_the_peer_that_holds_it_then_kept(site: Site) -> Non
     assert _wait(lambda: _metric(site.a, "oca_upstream_bytes_total", 'source="peer"'))
     assert _metric(site.a, "oca_peer_requests_total", 'result="ok"') >= 1
     assert _metric(site.a, "oca_peer_up", 'peer="b"') == 1
-    assert 0 <= _metric(site.a, "oca_peer_summary_age_seconds", 'peer="b"') < 5
+    assert 0 <= _metric(site.a, "oca_peer_inventory_age_seconds", 'peer="b"') < 5
 
 
 def test_miss_goes_to_the_origin_when_no_peer_has_it(site: Site) -> None:
