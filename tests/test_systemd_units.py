@@ -377,26 +377,9 @@ class SandboxedAppliance(Appliance):
 
 @dataclass
 class SandboxedSteering(Steering):
-    def start(self, timeout: float = 20.0, netns: str | None = None) -> SandboxedSteering:
+    def command(self, netns: str | None = None) -> list[str]:
         assert netns is None
-        self.write_config()
-        with open(self.root / "steering.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                sandboxed("oca-steering.service", "steering", "-c", str(self.config_path)),
-                stdout=subprocess.PIPE, stderr=log, cwd=REPO_ROOT, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline().decode()
-            if not line:
-                break
-            if line.startswith("oca-steering: listening "):
-                self.url = line.split()[-1]
-                return self
-        self.stop()
-        raise RuntimeError(f"steering did not start:\n{self.log_text()[-4000:]}")
+        return sandboxed("oca-steering.service", "steering", "-c", str(self.config_path))
 
 
 def in_sandbox(pid: int, name: str) -> bool:

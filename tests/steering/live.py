@@ -94,11 +94,14 @@ keys = [{keys(self.url_keys)}]
         self.config_path.write_text(text)
         return self.config_path
 
+    def command(self, netns: str | None = None) -> list[str]:
+        """The service's command line (subclasses wrap it, e.g. in a sandbox)."""
+        cmd = [sys.executable, "-m", "oca", "steering", "-c", str(self.config_path)]
+        return ["ip", "netns", "exec", netns, *cmd] if netns else cmd
+
     def start(self, timeout: float = 20.0, netns: str | None = None) -> Steering:
         self.write_config()
-        cmd = [sys.executable, "-m", "oca", "steering", "-c", str(self.config_path)]
-        if netns:
-            cmd = ["ip", "netns", "exec", netns, *cmd]
+        cmd = self.command(netns)
         log = open(self.root / "steering.log", "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=log, cwd=REPO_ROOT, start_new_session=True,
