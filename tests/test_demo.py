@@ -229,3 +229,39 @@ def test_print_configs_are_loadable_and_write_nothing(tmp_path: Path) -> None:
     # the appliances' token keys are steering's URL-signing keys
     assert steering["urls"]["keys"][0]["secret"] == a1["auth"]["keys"][0]["secret"]
     assert steering["heartbeat"]["keys"][0]["secret"] == a1["steering"]["keys"][0]["secret"]
+
+
+def test_interrupted_while_starting_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C during the bring-up stops what was started; the temporary working
+    directory the demo made for itself is removed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oca", "demo", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+        start_new_session=True,
+    )  # fmt: skip
+    work: Path | None = None
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.match(r"oca demo: working directory (\S+)", line)
+            if m:
+                work = Path(m[1])
+            if "started" in line:  # origin, steering and the appliances are up
+                break
+        assert work is not None and work.is_dir(), lines
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, "".join(lines) + rest
+        assert "nothing is left running" in rest
+        assert not processes_mentioning(str(work))
+        assert not work.exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        if work is not None:
+            for pid in processes_mentioning(str(work)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -416,6 +417,8 @@ def run_demo(directory: str, port: int, workers: int, print_configs: bool) -> in
     demo = Demo(layout, out=lambda s: print(s, flush=True))
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(_main(demo))
-    return uvloop.run(_main(demo))
+
+        return uvloop.run(_main(demo))
+    finally:
+        if not directory:  # a temporary directory of our own: leave nothing behind
+            shutil.rmtree(work, ignore_errors=True)
