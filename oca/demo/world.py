@@ -141,6 +141,9 @@ class Demo:
             raise DemoError(
                 f"{child.name} did not finish in {timeout:.0f} s; see {child.log}"
             ) from None
+        except asyncio.CancelledError:  # Ctrl-C during the bring-up: it stops too
+            await child.stop(2)
+            raise
 
     # ------------------------------------------------------------------ HTTP
     async def _get_json(self, url: str) -> tuple[int, Any]:
