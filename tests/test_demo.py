@@ -143,6 +143,8 @@ def demo(tmp_path: Path) -> Iterator[DemoRun]:
 
 def test_demo_plays_steered_title_and_stops_clean(demo: DemoRun) -> None:
     urls = demo.urls
+    # the keys every config shares are kept beside them, readable by their owner only
+    assert (demo.work / "keys.json").stat().st_mode & 0o777 == 0o600
     expected = {"player page", "player MPD", "explain", "fleet", "a segment"}
     expected |= {f"metrics {a}" for a in ("a1", "a2", "b1")}
     assert expected <= set(urls), demo.lines

@@ -15,7 +15,6 @@ a demo restarted with ``--dir`` keeps its signed URLs valid.
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 import orjson
 
 from oca.demo.content import PATTERN_TITLE, SYNTHETIC_TITLES, synthetic_title_id
+from steering.files import write_atomic
 
 #: Offsets from the base port: the page, then the processes in start order.
 PORT_OFFSETS = {"page": 0, "steering": 1, "origin": 2, "a1": 3, "a2": 4, "b1": 5}
@@ -64,12 +64,8 @@ class Keys:
         if not persist:
             return keys
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps({"url": keys.url, "heartbeat": keys.heartbeat,
-                                  "peering": keys.peering}))  # fmt: skip
-        os.replace(tmp, path)
+        doc = {"url": keys.url, "heartbeat": keys.heartbeat, "peering": keys.peering}
+        write_atomic(str(path), orjson.dumps(doc), prefix=".keys-")  # mode 0600 (mkstemp)
         return keys
 
 
