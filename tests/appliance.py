@@ -6,6 +6,7 @@ import contextlib
 import os
 import secrets
 import selectors
+import shutil
 import signal
 import socket
 import ssl
@@ -288,6 +289,16 @@ def fetch(
         raise ConnectionError(f"{method} {path}: the server closed without answering")
     status, hdrs, body = next(iter(parse_responses(data)))
     return status, hdrs, body
+
+
+def remove_disk(path: str | Path) -> None:
+    """Make a disk of a running appliance disappear: renamed away in one step, then
+    deleted. (Deleting it in place races with the appliance's own disk probes, which
+    create and unlink files in it meanwhile.)"""
+    path = Path(path)
+    gone = path.with_name(f"{path.name}.removed-{secrets.token_hex(4)}")
+    os.rename(path, gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def wait_until(

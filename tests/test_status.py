@@ -15,7 +15,6 @@ import os
 import pty
 import secrets
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from oca.health.flags import (
 )
 from oca.health.verdict import FillHealth
 from oca.status_report import Endpoint, MetricKey, Sample, build_document
-from tests.appliance import Appliance, fetch, free_port, wait_until, write_tree
+from tests.appliance import Appliance, fetch, free_port, remove_disk, wait_until, write_tree
 from tests.fill.origin import Origin
 from tests.health.steering_stub import SteeringStub
 
@@ -407,7 +406,7 @@ def test_failed_disk_and_unreachable_steering(tmp_path: Path) -> None:
     app.start()
     lost = str(app.disk_paths("ssd")[1])
     try:
-        shutil.rmtree(lost)
+        remove_disk(lost)
         wait_until(
             lambda: any(
                 d["path"] == lost and d["state"] == "failed"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ import pytest
 
 from fill.metrics import FillMetrics
 from fill.run import fill_lock
-from tests.appliance import Appliance, fetch, free_port, wait_until, write_tree
+from tests.appliance import Appliance, fetch, free_port, remove_disk, wait_until, write_tree
 from tests.health.conftest import (
     APPLIANCE_ID,
     FILES,
@@ -241,7 +240,7 @@ def test_failed_disk_is_a_reason_and_its_objects_leave_the_inventory(
         on_lost = {p for p, d in where.items() if d == lost}
         assert on_lost, "the disk to fail holds objects"
         mark = stub.count()
-        shutil.rmtree(lost)
+        remove_disk(lost)
         b = stub.wait_for(lambda b: b.doc["health"]["state"] == "degraded", after=mark, timeout=15)
         h = b.doc["health"]
         (disk,) = [x for x in h["disks"] if x["path"] == lost]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.appliance import Appliance, fetch, wait_until, write_tree
+from tests.appliance import Appliance, fetch, remove_disk, wait_until, write_tree
 
 FILES = {f"/titles/df/seg-{i:02d}.m4s": os.urandom(40_000 + i) for i in range(24)}
 
@@ -62,7 +61,7 @@ def test_removed_disk_fails_alone_and_the_other_keeps_serving(app: Appliance) ->
         assert (status, body) == (200, data)
     assert disk_up(app, gone) == 1.0
 
-    shutil.rmtree(gone)
+    remove_disk(gone)
 
     wait_until(lambda: disk_up(app, gone) == 0.0, 10, f"oca_disk_up for {gone} to drop to 0")
     assert disk_up(app, kept) == 1.0
@@ -90,7 +89,7 @@ def test_removed_disk_fails_alone_and_the_other_keeps_serving(app: Appliance) ->
 def test_both_disks_gone_makes_readyz_503(app: Appliance) -> None:
     app.start()
     for disk in app.disk_paths("ssd"):
-        shutil.rmtree(disk)
+        remove_disk(disk)
     wait_until(
         lambda: fetch(*app.host_port, "/readyz")[0] == 503, 10, "/readyz to report no healthy disk"
     )
