@@ -10,8 +10,10 @@ BIN    := $(VENV)/bin
 # server (:9090) and node exporter (:9100): `systemctl disable --now prometheus
 # prometheus-node-exporter` if this machine should not run them.
 # systemd is there for systemd-analyze (tests/test_systemd_units.py verifies the units).
+# libfuse3-dev and pkg-config build the EIO fault injector the disk-fault tests mount
+# (tests/reliability/diskfault_inject.c); e2fsprogs makes and repairs their loop disks.
 APT_PACKAGES := nginx-light wrk iproute2 procps curl luajit libluajit-5.1-dev libssl-dev \
-	chromium ffmpeg prometheus systemd
+	chromium ffmpeg prometheus systemd libfuse3-dev pkg-config e2fsprogs
 STAMP  := $(VENV)/.installed
 BROWSER := tests/browser
 BROWSER_STAMP := $(BROWSER)/node_modules/.installed

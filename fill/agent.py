@@ -27,6 +27,13 @@ sharing one rate cap (:class:`oca.rate.RateLimiter`):
   and removing the file does not cut it.)
 - **The window.** At the window's end, no new transfer starts and running ones are
   cancelled; their part files are resumed by the next run.
+- **A disk that breaks or fills mid-run.** An I/O error writing a part file or
+  committing it lets the store judge the disk (EIO, EROFS, a vanished root: it is
+  marked failed, with the reason); ENOSPC, or the store finding no room on it, marks it
+  full for the rest of the run. Either way the object, and every later one planned for
+  that disk, is placed on the next usable disk in rendezvous order (same tier first,
+  then the other tiers) and fetched again; the summary names each such disk and why.
+  Only when no disk is usable does the object fail.
 
 Progress goes to a terminal as a one-line bar, otherwise as periodic structured log
 lines; counters go to :mod:`fill.metrics`.
@@ -42,7 +49,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
@@ -52,12 +59,14 @@ from fill.metrics import FillMetrics
 from fill.planner import Eviction, Fetch, FillPlan
 from oca.auth.tokens import signed_path
 from oca.config import Config, appliance_id, load_auth_keys
-from oca.errors import CapacityExceeded, OcaError, StorageError
+from oca.errors import CapacityExceeded, DiskFailed, OcaError, StorageError
 from oca.http.semantics import parse_content_range
 from oca.peering.auth import PEER_HEADER, sign_peer
+from oca.peering.misses import pooled_seconds
 from oca.rate import RateLimiter
 from oca.storage.commands import format_bytes
 from oca.storage.inventory import describe_os_error
+from oca.storage.placement import rank_disks
 from oca.storage.store import Store
 
 log = logging.getLogger("fill.agent")
@@ -80,7 +89,21 @@ class _WrongBytes(Exception):
 
 
 class _LocalFailure(Exception):
-    """Our side failed (disk full, disk error): no other source can help this run."""
+    """Our side failed (disk full, disk error): no other source can help this run.
+    ``disk`` names the disk that failed or filled up (another disk may take the object)."""
+
+    def __init__(self, message: str, disk: DiskTrouble | None = None) -> None:
+        super().__init__(message)
+        self.disk = disk
+
+
+@dataclass(frozen=True, slots=True)
+class DiskTrouble:
+    """A disk this run stopped using: ``failed`` (the store marked it) or ``full``."""
+
+    disk: str
+    kind: Literal["failed", "full"]
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +128,8 @@ class FillSummary:
     left_for_next_run: int = 0
     stopped_at_window_end: bool = False
     bad_sources: dict[str, str] = field(default_factory=dict)  # address -> why
+    disks: dict[str, DiskTrouble] = field(default_factory=dict)  # disks given up mid-run
+    replaced: int = 0  # objects placed on another disk than planned
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -124,6 +149,10 @@ class FillSummary:
             )
         for addr, why in sorted(self.bad_sources.items()):
             out.append(f"source {addr} not used again: {why}")
+        for disk, t in sorted(self.disks.items()):
+            out.append(f"disk {disk} {t.kind} during the run, not used again: {t.reason}")
+        if self.replaced:
+            out.append(f"{self.replaced} objects placed on another disk than planned")
         for path, why in sorted(self.failed.items()):
             out.append(f"failed {path}: {why}")
         return out
@@ -186,7 +215,12 @@ class FillRun:
             connect=self.fcfg.connect_timeout_seconds,
             sock_read=self.fcfg.read_timeout_seconds,
         )
-        async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+        connector = aiohttp.TCPConnector(
+            keepalive_timeout=pooled_seconds(self.fcfg.read_timeout_seconds)
+        )
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=False
+        ) as session:
             self.session = session
             workers = [
                 asyncio.create_task(self._worker(queue), name=f"fill-{i}")
@@ -236,6 +270,65 @@ class FillRun:
 
     # ------------------------------------------------------------------ one object
     async def _fill_one(self, f: Fetch) -> None:
+        planned = f.disk
+        for _ in range(len(self.store.disks()) + 1):  # each turn gives up one disk
+            placed = self._usable(f)
+            if placed is None:
+                gone = "; ".join(
+                    f"{t.disk} {t.kind}: {t.reason}" for t in self.summary.disks.values()
+                )
+                self._failed(f, f"no usable disk for it ({gone or 'none healthy'})")
+                return
+            f = placed
+            try:
+                await self._from_sources(f)
+            except _LocalFailure as exc:
+                if exc.disk is None:
+                    self._failed(f, str(exc))
+                    return
+                self._give_up_disk(exc.disk)
+                continue
+            if f.disk != planned and f.path not in self.summary.failed:
+                self.summary.replaced += 1
+            return
+        self._failed(f, "every disk was tried")
+
+    def _usable(self, f: Fetch) -> Fetch | None:
+        """``f`` if its disk is usable, else ``f`` moved to the next usable disk."""
+        usable = [
+            d for d in self.store.disks() if d.state == "ok" and d.id not in self.summary.disks
+        ]
+        if any(d.id == f.disk for d in usable):
+            return f
+        order = [f.tier] + [t for t in self.store.tiers if t != f.tier]
+        for tier in order:
+            ids = [d.id for d in usable if d.tier == tier]
+            for disk in rank_disks(f.path, ids):
+                log.warning("fill of %s: placing it on disk %s (tier %s) instead of %s",
+                            f.path, disk, tier, f.disk)  # fmt: skip
+                return replace(f, disk=disk, tier=tier)
+        return None
+
+    def _give_up_disk(self, t: DiskTrouble) -> None:
+        if t.disk not in self.summary.disks:
+            self.summary.disks[t.disk] = t
+            log.error("fill: disk %s was ok, now %s, because %s; objects planned for it go "
+                      "to other disks", t.disk, t.kind, t.reason)  # fmt: skip
+
+    def _local(self, f: Fetch, what: str, exc: OSError) -> _LocalFailure:
+        """The failure for ``exc`` met on ``f``'s disk; the store judges the disk."""
+        text = f"{what}: {describe_os_error(exc)}"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _LocalFailure(text, DiskTrouble(f.disk, "full", text))
+        self.store.note_io_error(f.disk, exc, self.clock())
+        status = next((d for d in self.store.disks() if d.id == f.disk), None)
+        if status is not None and status.state != "ok":
+            return _LocalFailure(text, DiskTrouble(f.disk, "failed", status.reason))
+        return _LocalFailure(text)
+
+    async def _from_sources(self, f: Fetch) -> None:
+        """Fetch and commit ``f`` from the first source that has it; _LocalFailure when
+        our side failed (counted by the caller), any other failure recorded here."""
         reasons: list[str] = []
         for src in self._sources(f):
             if src.address in self.bad:
@@ -262,9 +355,6 @@ class FillRun:
                     if attempt + 1 < self.fcfg.attempts_per_source:
                         await asyncio.sleep(self.fcfg.retry_backoff_seconds * 2**attempt)
                     continue
-                except _LocalFailure as exc:
-                    self._failed(f, str(exc))
-                    return
                 else:
                     self.summary.fetched += 1
                     self.summary.fetched_bytes += f.size
@@ -298,10 +388,13 @@ class FillRun:
         part = part_path(f.disk, f.sha256)
         loop = asyncio.get_running_loop()
         try:
-            os.makedirs(os.path.dirname(part), exist_ok=True)
+            # Not makedirs: a disk whose filesystem went away must not get a new .oca
+            # in the directory left underneath.
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(os.path.dirname(part))
             fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise _LocalFailure(f"cannot open {part}: {describe_os_error(exc)}") from None
+            raise self._local(f, f"cannot open {part}", exc) from None
         try:
             have = os.fstat(fd).st_size
             if have > f.size:
@@ -368,7 +461,7 @@ class FillRun:
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 _unlink(part)
-            raise _LocalFailure(f"writing {part}: {describe_os_error(exc)}") from None
+            raise self._local(f, f"writing {part}", exc) from None
         finally:
             os.close(fd)
 
@@ -384,7 +477,11 @@ class FillRun:
                 )
             except CapacityExceeded as exc:
                 _unlink(part)  # it cannot be placed this run; do not keep its space
-                raise _LocalFailure(f"no room: {exc}") from None
+                raise _LocalFailure(
+                    f"no room: {exc}", DiskTrouble(f.disk, "full", f"no room: {exc}")
+                ) from None
+            except DiskFailed as exc:
+                raise _LocalFailure(str(exc), DiskTrouble(exc.disk, "failed", exc.reason)) from None
             except StorageError as exc:
                 raise _LocalFailure(str(exc)) from None
             _unlink(part)
@@ -450,7 +547,7 @@ def _pwrite_all(fd: int, data: bytes, pos: int) -> None:
 
 
 def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):  # gone already, or on a disk that failed
         os.unlink(path)
 
 

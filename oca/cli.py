@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
         "miss", help="time to first byte of misses and a 100-client popular miss", add_help=False
     )
     p.add_argument("args", nargs=argparse.REMAINDER)
+    p = bsub.add_parser(
+        "load", help="throughput with 10,000 idle and slowloris connections held", add_help=False
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
     return ap
 
 
@@ -162,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.miss import main as miss_main
 
         return miss_main(argv[2:])
+    if argv[:2] == ["bench", "load"]:
+        from bench.load import main as load_main
+
+        return load_main(argv[2:])
     if argv[:2] == ["bench", "steering"]:
         from bench.steering import main as steering_bench_main
 

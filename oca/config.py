@@ -88,6 +88,12 @@ class StorageConfig:
     io_threads: int = field(default=8, metadata=_rng(1, 512))
     # How often request counts are merged into the disks' indexes (never per request).
     access_stats_flush_seconds: float = field(default=60.0, metadata=_rng(0.1, 86400))
+    # A read error quarantines the object; more than disk_error_limit distinct objects
+    # failing within the window fail the disk, held failed for disk_error_hold_seconds
+    # (0 = until an operator clears it). See oca.storage.errorlimit.
+    disk_error_limit: int = field(default=10, metadata=_rng(1, 1_000_000))
+    disk_error_window_seconds: float = field(default=600.0, metadata=_rng(1, 30 * 86400))
+    disk_error_hold_seconds: float = field(default=3600.0, metadata=_rng(0, 365 * 86400))
 
 
 @dataclass(frozen=True)

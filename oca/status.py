@@ -291,7 +291,8 @@ def render_text(doc: StatusJSON) -> list[str]:
             f"{d['objects']:,} objects, {_bytes(d['used_bytes'])} of {_bytes(d['capacity_bytes'])}"
         )
         if d["state"] == "ok":
-            lines.append(f"  {d['tier']:<6}{d['path']:<{width}}  ok      {use}")
+            note = f"; {d['reason']}" if d["reason"] else ""  # e.g. "full: ..."
+            lines.append(f"  {d['tier']:<6}{d['path']:<{width}}  ok      {use}{note}")
         else:
             since = f" since {_when(d['since'])}" if d["since"] else ""
             lines.append(f"  {d['tier']:<6}{d['path']:<{width}}  FAILED{since}: {d['reason']}")

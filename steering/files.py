@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable
 
 
 def write_atomic(path: str, data: bytes, *, prefix: str = ".state-") -> None:
@@ -27,3 +28,21 @@ def write_atomic(path: str, data: bytes, *, prefix: str = ".state-") -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_temp_files(directory: str, prefixes: Iterable[str]) -> list[str]:
+    """Delete the temporary files :func:`write_atomic` calls with one of ``prefixes``
+    left in ``directory`` when their writer was killed before the rename; the names
+    removed. Only the one writer of those files may call this, while it writes none."""
+    starts = tuple(prefixes)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for name in sorted(names):
+        if name.startswith(starts) and name.endswith(".tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed

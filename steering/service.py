@@ -51,6 +51,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from steering import contentsteering
 from steering.catalog import Catalog, CatalogError, Title, build_title_from_url
 from steering.config import SteeringConfig, parse_listen
+from steering.files import remove_temp_files
 from steering.fillplan import ReplicaPolicy, SiteMember, SitePlan, manifest_from_plan, plan_site
 from steering.fleet import Fleet, HeartbeatError, Snapshot
 from steering.popularity import Boost as PopularityBoost
@@ -66,6 +67,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 HEARTBEAT_HEADER = "X-Oca-Heartbeat"
 JSON = "application/json"
 MPD_TYPE = "application/dash+xml"
+# The temporary-file prefixes of the state saves (Fleet.save, Popularity.save).
+STATE_TEMP_PREFIXES: Final = (".fleet-", ".popularity-")
 
 
 class _Metrics:
@@ -199,6 +202,17 @@ class SteeringService:
 
     def snapshot(self) -> Snapshot:
         return self.fleet.snapshot(self.clock(), self.catalog)
+
+    def remove_state_temp_files(self) -> None:
+        """Delete what a save of the state killed before its rename left behind (the
+        temporary files of :meth:`save_state`, as large as the state itself)."""
+        removed = remove_temp_files(str(self.state_dir), STATE_TEMP_PREFIXES)
+        if removed:
+            log.warning(
+                "removed %d temporary state files left by a save that was cut short: %s",
+                len(removed),
+                ", ".join(removed),
+            )
 
     def warm_start(self) -> None:
         """Load the fleet and popularity snapshots written by :meth:`save_state`."""
@@ -757,6 +771,7 @@ async def serve(cfg: SteeringConfig, *, ready: Callable[[list[str]], None] | Non
         log.error("catalog %s: %s", catalog_path, exc)
         return 2
     service = SteeringService(cfg, catalog)
+    service.remove_state_temp_files()
     if cfg.service.snapshot_interval_seconds > 0:
         service.warm_start()
     if not cfg.heartbeat.keys:

@@ -62,11 +62,13 @@ HDD_OBJ = "/titles/archive/v1.mp4"  # imported onto a1's hdd tier
 MISSING_OBJ = "/titles/pattern/no-such-segment.m4s"  # nowhere: a 404 through the miss path
 
 #: Families that only get samples when something goes wrong that this world does not
-#: provoke (a refused connection, a failed disk, a fill source that fails).
+#: provoke (a refused connection, a failed disk, a quarantined object, a fill source that
+#: fails).
 MAY_BE_EMPTY = frozenset(
     {
         "oca_connections_refused",
         "oca_disk_failures",
+        "oca_objects_quarantined",
         "oca_fill_source_errors",
         "oca_cold_reads",  # only if the kernel really dropped the pages asked to drop
     }

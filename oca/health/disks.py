@@ -14,15 +14,21 @@ write/read probe the workers use (:func:`~oca.storage.inventory.probe_disk`).
 
 A disk's verdict is ``ok`` while its probe passes and its index has been read; a
 failed probe, or an index that cannot be read while no earlier copy is at hand, fails
-it with that reason. An index that is momentarily missing or corrupt after it was read
-once keeps its last copy: the workers rebuild it, and the next signature change brings
-the new one. The served set is, as in the store, the union of the healthy disks'
-records; a path's request total is the highest ``hits`` among the disks holding it
-(see :func:`oca.health.inventory.request_counts` for why).
+it with that reason. A disk whose root was a mount point when first seen and no longer
+is one has lost its filesystem and fails; one whose filesystem is full stays ``ok``
+(it serves what it holds) with a "full: ..." reason. A disk that the workers' read-error
+limit holds failed (:mod:`oca.storage.errorlimit`, recorded on the disk) is failed here
+too, with that reason, for as long as the hold lasts. An index that is momentarily
+missing or corrupt after it was read once keeps its last copy: the workers rebuild it,
+and the next signature change brings the new one. The served set is, as in the store,
+the union of the healthy disks' records; a path's request total is the highest
+``hits`` among the disks holding it (see :func:`oca.health.inventory.request_counts`
+for why).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 from dataclasses import dataclass
 from typing import Literal
@@ -30,6 +36,7 @@ from typing import Literal
 from oca.config import StorageConfig
 from oca.errors import StorageError
 from oca.health.verdict import DiskHealth
+from oca.storage.errorlog import held_reason
 from oca.storage.inventory import (
     DiskInventory,
     DiskLayout,
@@ -53,8 +60,8 @@ class StoreView:
 
 
 class _Disk:
-    __slots__ = ("capacity", "fs_total", "hits", "layout", "probe_ok", "reason", "root",
-                 "signature", "since_probe", "state", "tier", "used")  # fmt: skip
+    __slots__ = ("capacity", "fs_total", "hits", "layout", "mount_point", "note", "probe_ok",
+                 "reason", "root", "signature", "since_probe", "state", "tier", "used")  # fmt: skip
 
     def __init__(self, root: str, tier: str, capacity: int) -> None:
         self.root = root
@@ -70,6 +77,8 @@ class _Disk:
         self.reason = "not checked yet"
         self.probe_ok = False
         self.since_probe = float("-inf")
+        self.mount_point = False  # its root was a mount point when its probe passed
+        self.note = ""  # what limits it while ok ("full: ..."), from the probe
 
 
 class DiskWatch:
@@ -94,12 +103,15 @@ class DiskWatch:
             was = d.state
             if now - d.since_probe >= self._interval:
                 d.since_probe = now
-                probe = probe_disk(d.layout, self._token)
-                d.probe_ok = probe.ok
-                if probe.ok:
+                probe = probe_disk(d.layout, self._token, mount_point=d.mount_point)
+                held = held_reason(d.layout, now) if probe.ok else None
+                d.probe_ok = probe.ok and held is None
+                if d.probe_ok:
                     d.fs_total = probe.total_bytes
+                    d.mount_point = d.mount_point or os.path.ismount(d.root)
+                    d.note = probe.reason
                 else:
-                    d.state, d.reason = "failed", probe.reason
+                    d.state, d.reason = "failed", held or probe.reason
             if d.probe_ok:
                 reloaded, error = self._reload(d)
                 changed |= reloaded
@@ -159,7 +171,7 @@ class DiskWatch:
             d.tier,
             d.root,
             d.state,
-            d.reason,
+            d.reason if d.state != "ok" else d.note,
             d.capacity or d.fs_total,
             d.used,
             len(d.hits) if d.hits is not None else 0,

@@ -9,7 +9,9 @@ turns them into a :class:`HealthVerdict`. The rules, in the order their reasons 
 listed:
 
 - a failed disk is a reason ("disk ssd:/srv/ssd0 failed: ..."); the box is
-  ``degraded`` while another disk serves and ``unhealthy`` when none does;
+  ``degraded`` while another disk serves and ``unhealthy`` when none does; an ok disk
+  with a reason (its filesystem is full) is listed ("disk ssd:/srv/ssd0 serves, but
+  full: ...") without changing the state: it serves all it holds;
 - no worker serving makes it ``unhealthy``; fewer than configured, ``degraded``;
 - each polling problem (routes, NIC counters) makes it ``degraded``;
 - refusing content (the steering grace policy) or shutting down sets ``serving``
@@ -42,7 +44,7 @@ class DiskHealth:
     tier: str
     path: str  # the disk root as configured
     state: Literal["ok", "failed"]
-    reason: str  # why it is failed; "" when ok
+    reason: str  # why it is failed; for an ok disk what limits it ("full: ...") or ""
     capacity_bytes: int
     used_bytes: int
     objects: int
@@ -133,6 +135,8 @@ def evaluate(
     failed = [d for d in disks if d.state != "ok"]
     for d in failed:
         worse("degraded", f"disk {d.tier}:{d.path} failed: {d.reason or 'no reason given'}")
+    reasons.extend(f"disk {d.tier}:{d.path} serves, but {d.reason}" for d in disks
+                   if d.state == "ok" and d.reason)  # fmt: skip
     if disks and len(failed) == len(disks):
         worse("unhealthy", f"no healthy disk (all {len(disks)} failed)")
     elif not disks:

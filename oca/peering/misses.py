@@ -79,6 +79,7 @@ CHUNK_BYTES = 256 << 10
 MISS_DIR = ".oca/miss"
 _NEGATIVE_MAX = 65536
 _FOLLOW_POLL_SECONDS = 0.005
+_CLAIM_TRIES = 1000
 _T = TypeVar("_T")
 
 
@@ -144,7 +145,10 @@ class MissFetcher:
         if self.session is None:
             c = self.cfg
             self.session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=c.max_upstream_connections),
+                connector=aiohttp.TCPConnector(
+                    limit=c.max_upstream_connections,
+                    keepalive_timeout=pooled_seconds(c.read_timeout_seconds),
+                ),
                 timeout=aiohttp.ClientTimeout(
                     sock_connect=c.connect_timeout_seconds, sock_read=c.read_timeout_seconds
                 ),
@@ -226,24 +230,31 @@ class MissFetcher:
             t.fail(503, f"cannot coordinate the transfer: {describe_os_error(exc)}")
             self.inc("miss_transfers", "local-error", 1)
             return
-        if lock is None:
-            await self._follow(t)
+        if not lock.leader:
+            try:
+                await self._follow(t, lock)
+            finally:
+                lock.close()
             return
         self.shared[t.path] = lock
         try:
             await self._lead(t, sources)
         finally:
-            del self.shared[t.path]
-            with contextlib.suppress(OSError, RuntimeError):
-                await self._in_pool(lambda: lock.release(t))
+            # Unlock before leaving ``shared``: a fresh transfer of the object waits on
+            # ``shared`` and must then find the lock free, not follow this one's end.
+            try:
+                with contextlib.suppress(OSError, RuntimeError):
+                    await self._in_pool(lambda: lock.release(t))
+            finally:
+                del self.shared[t.path]
 
-    async def _follow(self, t: Transfer) -> None:
+    async def _follow(self, t: Transfer, lock: SharedTransfer) -> None:
         """Another worker of this appliance is fetching the object: serve this worker's
         clients from that worker's part file as it grows (cross-worker coalescing)."""
         self.inc("miss_transfers", "followed", 1)
         polls = 0
         while True:
-            info, grown = await self._in_pool(lambda: SharedTransfer.observe(self.lock_dir, t))
+            info, grown, ended = await self._in_pool(lambda: lock.observe(t))
             polls += 1
             if info is not None and t.fd >= 0 and not t.headers_known:
                 t.etag = str(info.get("etag") or t.etag)
@@ -254,15 +265,16 @@ class MissFetcher:
             if state == "done" and t.fd >= 0 and t.written >= t.size:
                 t.finish()
                 return
-            if state == "done" and t.fd < 0:
+            if state == "done" and t.fd < 0 and ended:
                 t.fail(503, "installed by another worker a moment ago; ask again")
                 return
             if info is not None and state == "failed":
                 t.fail(int(info.get("status") or 502), str(info.get("reason") or "failed"))
                 return
-            if polls % 20 == 0 and await self._in_pool(
-                lambda: SharedTransfer.abandoned(self.lock_dir, t.path)
-            ):
+            if ended:  # done, yet the part file holds less than the object (never seen)
+                t.fail(502, f"the transfer ended with {t.written} of {t.size} bytes here")
+                return
+            if polls % 20 == 0 and await self._in_pool(lock.abandoned):
                 t.fail(502, "the worker fetching this object stopped")
                 return
             await asyncio.sleep(_FOLLOW_POLL_SECONDS)
@@ -449,7 +461,7 @@ class MissFetcher:
     async def _install(self, t: Transfer, digest: str) -> None:
         path, part = t.path, t.part
         try:
-            await self._in_pool(
+            rec = await self._in_pool(
                 lambda: self.store.adopt_file(
                     path, part, sha256=digest, tier=self.tier, mtime=float(t.mtime)
                 )
@@ -463,6 +475,9 @@ class MissFetcher:
             log.warning("miss of %s served but not kept: %s", path, exc)
             return
         t.installed = True
+        # Where the part file is now: a follower that comes late opens it there (the
+        # transfer's end names it, and the part file's inode, see SharedTransfer).
+        t.part = self.store.file_path(rec)
         self.inc("miss_installs", "installed", 1)
         log.info("installed %s (%d bytes from %s) after a miss", path, t.size, t.kind)
 
@@ -472,97 +487,206 @@ class SharedTransfer:
     one transfer per object (blocking methods: run them in the I/O pool).
 
     The worker that takes ``<state_dir>/miss/<hash>.lock`` (``flock``, released by the
-    kernel if the worker dies) fetches; it writes ``<hash>.json`` (atomic rename) when it
-    starts, when the object's size is known (with the part file's path) and when the
-    transfer ends. The other workers find the lock taken, read the state file and send
-    from the same part file, watching its size grow.
+    kernel if the worker dies) leads: it fetches, and writes ``<hash>.json`` (atomic
+    rename) when it starts, when the object's size is known (with the part file's path)
+    and when the transfer is done. The other workers find the lock taken, keep their
+    descriptor of the lock file and follow: they read the state file (only while it
+    names the lock file they hold, by inode) and send from the same part file, watching
+    its size grow.
+
+    Nothing is left behind. At its end the leader writes the final state into the lock
+    file itself (naming where the part file went when it was installed, and its inode),
+    then, still holding the lock, unlinks the state file and the lock file, and only
+    then unlocks: a follower reads the end from its own descriptor of the unlinked file.
+    A worker that opened the lock file by path just before the unlink may then win the
+    ``flock`` on the unlinked inode, so :meth:`claim` checks, once locked, that the path
+    still names the inode it locked (``fstat`` against ``stat``) and starts over if not:
+    there is never more than one leader, and whoever holds the lock on the linked file
+    may unlink it. A follower that sees the transfer done before it could open the part
+    file waits for the end, which says where the installed file is. Files of a leader
+    that died are removed at worker start by :func:`clean_stale_transfers`, under the
+    same rule, or taken over by the next claim.
     """
 
-    def __init__(self, fd: int, base: str) -> None:
+    def __init__(self, fd: int, base: str, path: str, *, leader: bool) -> None:
         self.fd = fd
         self.base = base
+        self.path = path
+        self.leader = leader
+        self.ino = os.fstat(fd).st_ino
 
     @staticmethod
     def _base(lock_dir: str, path: str) -> str:
         return os.path.join(lock_dir, hashlib.sha256(path.encode()).hexdigest()[:40])
 
     @classmethod
-    def claim(cls, lock_dir: str, path: str) -> SharedTransfer | None:
-        """The lock if this worker is to fetch ``path``; None if another one is."""
+    def claim(cls, lock_dir: str, path: str) -> SharedTransfer:
+        """Lead the transfer of ``path`` (``leader`` True) or follow the one running."""
         os.makedirs(lock_dir, exist_ok=True)
         base = cls._base(lock_dir, path)
-        fd = os.open(base + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        except OSError:
-            os.close(fd)
-            raise
-        lock = cls(fd, base)
-        lock._write({"path": path, "state": "starting", "pid": os.getpid()})
-        return lock
+        for _ in range(_CLAIM_TRIES):
+            fd = os.open(base + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return cls(fd, base, path, leader=False)
+                if _names(base + ".lock", fd):
+                    os.ftruncate(fd, 0)  # the end of a leader that died before unlinking
+                    lock = cls(fd, base, path, leader=True)
+                    lock._write({"path": path, "state": "starting", "pid": os.getpid()})
+                    return lock
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # unlinked by the previous leader since it was opened: again
+        raise OSError(errno.EAGAIN, f"the lock file {base}.lock kept being replaced")
 
     def _write(self, info: dict[str, Any]) -> None:
         tmp = f"{self.base}.{os.getpid()}.tmp"
         with open(tmp, "wb") as fh:
-            fh.write(orjson.dumps(info))
+            fh.write(orjson.dumps({**info, "lock": self.ino}))
         os.replace(tmp, self.base + ".json")
 
+    @staticmethod
+    def _state(t: Transfer) -> dict[str, Any]:
+        return {
+            "path": t.path, "state": t.state if t.state in ("done", "failed") else "streaming",
+            "part": t.part, "size": t.size, "mtime": t.mtime, "kind": t.kind, "etag": t.etag,
+            "status": t.status, "reason": t.reason, "pid": os.getpid(),
+            "ino": os.fstat(t.fd).st_ino if t.fd >= 0 else None,
+        }  # fmt: skip
+
     def publish(self, t: Transfer) -> None:
-        state = t.state if t.state in ("done", "failed") else "streaming"
-        self._write({
-            "path": t.path, "state": state, "part": t.part, "size": t.size, "mtime": t.mtime,
-            "kind": t.kind, "etag": t.etag, "status": t.status, "reason": t.reason,
-            "pid": os.getpid(),
-        })  # fmt: skip
+        self._write(self._state(t))
 
     def release(self, t: Transfer) -> None:
+        """The leader's end: record it in the lock file, remove both files, unlock."""
         try:
-            if t.state != "done":
-                if t.state != "failed":
-                    t.state, t.status, t.reason = "failed", 503, "transfer abandoned"
-                self.publish(t)
+            if t.state != "done" and t.state != "failed":
+                t.state, t.status, t.reason = "failed", 503, "transfer abandoned"
+            try:
+                os.pwrite(self.fd, orjson.dumps(self._state(t)), 0)  # written once: whole
+            finally:
+                for name in (self.base + ".json", self.base + ".lock"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name)
         finally:
             os.close(self.fd)  # unlocks
 
-    @classmethod
-    def observe(cls, lock_dir: str, t: Transfer) -> tuple[dict[str, Any] | None, int]:
-        """(the leader's state, bytes the part file grew by since ``t.written``); opens
-        the part file into ``t.fd`` once its path is published."""
-        base = cls._base(lock_dir, t.path)
+    def close(self) -> None:
+        """A follower's end (it never held the lock)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    def _end(self) -> dict[str, Any] | None:
+        """The final state the leader wrote into the lock file, or None (not yet)."""
         try:
-            with open(base + ".json", "rb") as fh:
-                info = orjson.loads(fh.read())
+            raw = os.pread(self.fd, 1 << 16, 0)
+            info = orjson.loads(raw) if raw else None
         except (OSError, orjson.JSONDecodeError):
-            return None, 0
-        if not isinstance(info, dict) or info.get("path") != t.path:
-            return None, 0
-        if t.fd < 0 and info.get("part") and info.get("state") in ("streaming", "done"):
+            return None  # (a write in progress: a prefix of the document never parses)
+        return info if isinstance(info, dict) and info.get("path") == self.path else None
+
+    def observe(self, t: Transfer) -> tuple[dict[str, Any] | None, int, bool]:
+        """(the leader's latest state, bytes the part file grew by since ``t.written``,
+        whether the transfer has ended); opens the part file into ``t.fd`` once its path
+        is published. The end is read before the part file's size: every byte was
+        written before it."""
+        info = self._end()
+        ended = info is not None
+        if info is None:
+            try:
+                with open(self.base + ".json", "rb") as fh:
+                    doc = orjson.loads(fh.read())
+            except (OSError, orjson.JSONDecodeError):
+                doc = None
+            mine = isinstance(doc, dict) and doc.get("lock") == self.ino
+            info = doc if mine and doc.get("path") == t.path else None
+        if t.fd < 0 and info and info.get("part") and info.get("state") in ("streaming", "done"):
             with contextlib.suppress(OSError):
-                t.fd = os.open(str(info["part"]), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(str(info["part"]), os.O_RDONLY | os.O_CLOEXEC)
+                if info.get("ino") in (None, os.fstat(fd).st_ino):
+                    t.fd = fd
+                else:  # (installed, then replaced: not the bytes of this transfer)
+                    os.close(fd)
         grown = 0
         if t.fd >= 0:
             grown = max(0, os.fstat(t.fd).st_size - t.written)
             if t.size >= 0:
                 grown = min(grown, t.size - t.written)
-        return info, grown
+        return info, grown, ended
 
-    @classmethod
-    def abandoned(cls, lock_dir: str, path: str) -> bool:
-        """True if nobody holds the lock any more (the fetching worker is gone)."""
+    def abandoned(self) -> bool:
+        """True if nobody holds the lock any more and no end was written: the leading
+        worker is gone."""
         try:
-            fd = os.open(cls._base(lock_dir, path) + ".lock", os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        return self._end() is None
+
+
+def clean_stale_transfers(lock_dir: str) -> int:
+    """Remove the files of miss transfers that nobody holds (blocking; run at worker
+    start): those of a worker that died while it led a transfer. Each is locked first
+    and removed only while the path still names the locked file, as in
+    :meth:`SharedTransfer.claim`, so a transfer starting meanwhile is never touched."""
+    try:
+        names = os.listdir(lock_dir)
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    stems: set[str] = set()
+    for name in names:
+        stem, _, rest = name.partition(".")
+        pid = rest.removesuffix(".tmp")
+        if rest in ("lock", "json"):
+            stems.add(stem)
+        elif rest.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(lock_dir, name))
+                removed += 1
+    for stem in sorted(stems):
+        lock = os.path.join(lock_dir, stem + ".lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in flight
+            if not _names(lock, fd):
+                continue  # removed and claimed afresh since it was opened
+            for path in (os.path.join(lock_dir, stem + ".json"), lock):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed += 1
         finally:
             os.close(fd)
-        return True
+    return removed
+
+
+def _names(path: str, fd: int) -> bool:
+    """Whether ``path`` names the file open as ``fd`` now."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def pooled_seconds(read_timeout_seconds: float) -> float:
+    """How long an idle upstream connection may be reused: under half the read timeout.
+
+    aiohttp 3.14 re-arms a connection's ``sock_read`` timer while the last buffered bytes
+    of a response are read, after the connection went back to the pool; the timer fires
+    there and the next request on that connection fails at once with "Timeout on reading
+    data from socket" (aio-libs/aiohttp#12953). A connection idle for less than half the
+    read timeout is reused before its timer can fire; an older one is closed instead.
+    """
+    return min(15.0, read_timeout_seconds / 2)
 
 
 def clean_stale_parts(store: Store) -> int:

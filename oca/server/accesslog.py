@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from oca.server.handler import Request
     from oca.server.response import Response
 
-_TOKEN = re.compile(rb"^/t/[^/]*")
+# A token is hidden in origin-form targets and in absolute-form ones (refused, but logged).
+_TOKEN = re.compile(rb"^((?:[A-Za-z][A-Za-z0-9+.-]*://[^/]*)?)/t/[^/]*")
 _MAX_BUFFER = 50_000  # records kept if the log cannot be written (then dropped, counted)
 
 
@@ -65,7 +66,7 @@ class AccessLog:
                 "ts": round(ts, 3),
                 "client": client,
                 "method": method,
-                "path": _TOKEN.sub(b"/t/-", target).decode("utf-8", "replace"),
+                "path": _TOKEN.sub(rb"\1/t/-", target).decode("utf-8", "replace"),
                 "status": status,
                 "bytes": nbytes,
                 "duration_seconds": round(dur, 6),

@@ -229,7 +229,7 @@ class ContentHandler:
         generation: int | None = None
         if since is not None:
             e, _, g = since.decode("latin-1").partition(":")
-            if g.isdigit():
+            if g.isascii() and g.isdigit():  # str.isdigit admits '²', which int() refuses
                 epoch, generation = e, int(g)
         answer = st.summary.answer(epoch, generation)
         if answer is None:

@@ -61,7 +61,15 @@ COUNTERS = (
     "peer_requests",  # object requests to peers, by result
     "origin_requests",  # object requests to the origin, by result
     "peer_auth_rejections",  # peer requests refused, by reason
+    "quarantined",  # objects taken out of service, by tier, disk and reason (join_labels)
 )
+# Separates the values of a counter with several labels in its snapshot key.
+LABEL_SEPARATOR = "\x1f"
+
+
+def join_labels(*values: str) -> str:
+    """The snapshot key of one series of a counter with several labels."""
+    return LABEL_SEPARATOR.join(values)
 
 
 class WorkerMetrics:
@@ -149,8 +157,8 @@ def _read_named(directory: str) -> list[tuple[str, bool, dict[str, Any]]]:
     return out
 
 
-_COUNTER_HELP: dict[str, tuple[str, str, str]] = {
-    # key: (metric name without _total, label name, help)
+_COUNTER_HELP: dict[str, tuple[str, str | tuple[str, ...], str]] = {
+    # key: (metric name without _total, label name (or names: see join_labels), help)
     "requests": ("oca_http_requests", "code", "HTTP responses sent, by status code."),
     "sent_bytes": ("oca_sent_bytes", "tier", "Response body bytes sent, by storage tier."),
     "send_method_bytes": (
@@ -160,7 +168,12 @@ _COUNTER_HELP: dict[str, tuple[str, str, str]] = {
     ),
     "cold_reads": ("oca_cold_reads", "tier", "Spans read into the page cache off the event loop."),
     "token_rejections": ("oca_token_rejections", "reason", "Requests refused for a bad token."),
-    "disk_failures": ("oca_disk_failures", "tier", "Disks marked failed while serving."),
+    "disk_failures": (
+        "oca_disk_failures",
+        "tier",
+        "Disks marked failed while serving (by a probe, a read error, the error limit or an "
+        "index refresh), counted by each worker that failed them.",
+    ),
     "connections_accepted": ("oca_connections_accepted", "listener", "Connections accepted."),
     "connections_refused": (
         "oca_connections_refused",
@@ -208,6 +221,12 @@ _COUNTER_HELP: dict[str, tuple[str, str, str]] = {
         "reason",
         "Requests with a peer header that were refused, by reason.",
     ),
+    "quarantined": (
+        "oca_objects_quarantined",
+        ("tier", "disk", "reason"),
+        "Objects quarantined (out of the index, moved to .oca/quarantine/): reason "
+        "read-error (it could not be read) or checksum (its bytes did not match).",
+    ),
 }
 
 
@@ -232,13 +251,16 @@ class AggregateCollector(Collector):
         others = [(alive, s) for name, alive, s in files if name != self.own_name]
         live = [(True, self.live.snapshot()), *others]  # gauges: live where it can be
         for key, (name, label, doc) in _COUNTER_HELP.items():
-            fam = CounterMetricFamily(name, doc, labels=[label])
+            labels = [label] if isinstance(label, str) else list(label)
+            fam = CounterMetricFamily(name, doc, labels=labels)
             totals: dict[str, float] = {}
             for _alive, s in snaps:
                 for lv, v in s.get("counters", {}).get(key, {}).items():
                     totals[lv] = totals.get(lv, 0) + v
             for lv in sorted(totals):
-                fam.add_metric([lv], totals[lv])
+                values = lv.split(LABEL_SEPARATOR) if len(labels) > 1 else [lv]
+                if len(values) == len(labels):
+                    fam.add_metric(values, totals[lv])
             yield fam
         conns = sum(s.get("gauges", {}).get("open_connections", 0) for alive, s in live if alive)
         yield GaugeMetricFamily(

@@ -23,9 +23,11 @@ by the worker's once-a-second sweep over connection deadlines.
 
 Limits map to precise statuses: request line too long 414, headers too large 431,
 unknown method 501, known but unsupported method 405, request body 413, ambiguous
-framing (Content-Length with Transfer-Encoding, differing Content-Lengths) 400,
-header timeout 408. Errors that leave the byte stream unreliable close the
-connection after the response, with a lingering close so the client reads it.
+framing (Content-Length with Transfer-Encoding, differing Content-Lengths, a
+Transfer-Encoding whose final coding is not chunked) 400, header timeout 408. Errors
+that leave the byte stream unreliable close the connection after the response; every
+close after a response is a lingering close, so the client reads the response rather
+than a reset. An error answering a HEAD has no body.
 """
 
 from __future__ import annotations
@@ -131,23 +133,32 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport
         self.client = parse_peer(transport.get_extra_info("peername"))
         self.deadline = self.loop.time() + self.cfg.header_timeout_seconds
-        if len(st.connections) >= self.cfg.max_connections or st.draining:
-            st.metrics.inc("connections_refused", self.listener.name)
-            note = "draining" if st.draining else "too-many-connections"
-            resp = st.handler.error(503, note, close=True, extra=b"Retry-After: 1\r\n")
-            transport.write(resp.head + b"".join(p for p in resp.pieces if isinstance(p, bytes)))  # type: ignore[attr-defined]
-            transport.close()
-            self.closed = True
+        if len(st.connections) >= st.max_connections or st.draining:
+            self._refuse("draining" if st.draining else "too-many-connections")
             return
-        st.connections.add(self)
-        st.metrics.inc("connections_accepted", self.listener.name)
-        st.metrics.gauges["open_connections"] = len(st.connections)
         if not self.tls:
             raw = transport.get_extra_info("socket")
             if raw is not None:
-                self.sock = socket.socket(fileno=os.dup(raw.fileno()))
+                try:
+                    dup = os.dup(raw.fileno())
+                except OSError:  # EMFILE: out of descriptors despite the budget
+                    self._refuse("too-many-connections")
+                    return
+                self.sock = socket.socket(fileno=dup)
                 self.sock.setblocking(False)
                 self.sockfd = self.sock.fileno()
+        st.connections.add(self)
+        st.metrics.inc("connections_accepted", self.listener.name)
+        st.metrics.gauges["open_connections"] = len(st.connections)
+
+    def _refuse(self, note: str) -> None:
+        """503 with Retry-After, then close: over the connection limit, or draining."""
+        st = self.state
+        st.metrics.inc("connections_refused", self.listener.name)
+        resp = st.handler.error(503, note, close=True, extra=b"Retry-After: 1\r\n")
+        self.transport.write(resp.head + b"".join(p for p in resp.pieces if isinstance(p, bytes)))
+        self.transport.close()
+        self.closed = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._teardown()
@@ -173,32 +184,59 @@ class HttpProtocol(asyncio.Protocol):
             return
         self.now = self.loop.time()
         try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Upgrade (e.g. h2c) is not offered: the request was answered normally and
-            # the parser is replaced so later bytes are parsed as HTTP/1.1 again.
-            self.parser = httptools.HttpRequestParser(self)
+            self._feed(data)
         except httptools.HttpParserInvalidMethodError:
             self._stop(*(self._fail or (501, "method-not-implemented")))
             return
         except (httptools.HttpParserCallbackError, httptools.HttpParserError) as exc:
-            self._stop(*(self._fail or (400, f"malformed-request: {exc}")))
+            # Past an invalid method every parser error has the request's method parsed.
+            self._stop(*(self._fail or (400, f"malformed-request: {exc}")), head=self._is_head())
             return
         if self._in_head and self._in_request:
             # llhttp hands over partial URL and header spans, but httptools buffers a
-            # header until it is complete: bound the head by the bytes received (one
-            # read is at most a few hundred KiB, so this check after feeding is tight).
-            self._head_bytes += len(data)
+            # header until it is complete: bound the head by the bytes received since it
+            # began. The read it began in may also hold requests pipelined before it, so
+            # that read is not counted (-1 marks it, see _begin): a burst of small
+            # pipelined requests is never taken for one large head, and a head that never
+            # completes is still cut off within one read (a few hundred KiB) of the limit.
+            if self._head_bytes < 0:
+                self._head_bytes = 0
+            else:
+                self._head_bytes += len(data)
             limit = self.cfg.max_request_line_bytes + self.cfg.max_header_bytes
             if self._head_bytes > limit:
-                self._stop(431, "header-fields-too-large")
+                self._stop(431, "header-fields-too-large", head=self._is_head())
                 return
         self._process()
+
+    def _feed(self, data: bytes) -> None:
+        while True:
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserUpgrade as exc:
+                # Upgrade (e.g. h2c) and CONNECT are not offered: the request was answered
+                # normally, and the bytes after it (from offset args[0] of this read) are
+                # parsed as HTTP/1.1 again by a fresh parser, not dropped: a request
+                # pipelined behind it is answered whichever read it arrived in.
+                self.parser = httptools.HttpRequestParser(self)
+                data = data[exc.args[0] :]
+                if not data:
+                    return
+
+    def _is_head(self) -> bool:
+        """Whether the request being parsed is a HEAD, whose error answer has no body.
+
+        llhttp keeps the last parsed method (DELETE before any): only meaningful once
+        the current request's method was parsed (in callbacks, or for any parser error
+        other than an invalid method).
+        """
+        return bool(self.parser.get_method() == b"HEAD")
 
     def _begin(self) -> None:
         """A new request's first bytes (called from on_url: one callback fewer)."""
         self._in_request = True
-        self._head_bytes = 0
+        self._head_bytes = -1  # began in the current read (see data_received)
         self._url = b""
         self._headers = {}
         self._hdr_bytes = 0
@@ -256,6 +294,12 @@ class HttpProtocol(asyncio.Protocol):
         if b"transfer-encoding" in h and b"content-length" in h:
             self._fail = (400, "conflicting-framing")
             raise _Abort
+        te = h.get(b"transfer-encoding")
+        if te is not None and te.rpartition(b",")[2].strip(b" \t").lower() != b"chunked":
+            # RFC 9112 §6.3: unless chunked is the final coding the body's length cannot
+            # be known (llhttp itself refuses some such values, after this callback).
+            self._fail = (400, "bad-transfer-encoding")
+            raise _Abort
         if version == "1.1" and b"host" not in h:
             self._fail = (400, "missing-host")
             raise _Abort
@@ -299,13 +343,14 @@ class HttpProtocol(asyncio.Protocol):
             self.reading_paused = True
             self.transport.pause_reading()
 
-    def _stop(self, status: int, note: str) -> None:
-        """Answer the queued requests, then this error, then close."""
+    def _stop(self, status: int, note: str, head: bool = False) -> None:
+        """Answer the queued requests, then this error (no body if it answers a HEAD),
+        then close."""
         self.stopped = True
         if not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
-        self.queue.append(self.state.handler.error(status, note, close=True))
+        self.queue.append(self.state.handler.error(status, note, close=True, head=head))
         self._process()
 
     # ------------------------------------------------------------ dispatch
@@ -757,7 +802,11 @@ class HttpProtocol(asyncio.Protocol):
         self.current = None
         self.cur_req = None
         if resp.close:
-            self._close(linger=self.stopped)
+            # Requests pipelined behind a closing answer are never answered. Close in
+            # stages (RFC 9112 §9.6): closing with unread input would send a reset that
+            # can destroy the end of this answer before the client has read it.
+            self.queue.clear()
+            self._close(linger=True)
 
     # ------------------------------------------------------------ closing
     def drain(self) -> None:
@@ -774,7 +823,10 @@ class HttpProtocol(asyncio.Protocol):
         self.state.metrics.inc("timeouts", kind)
         if kind in ("header", "body") and self.current is None and not self.queue:
             if self._url or self._headers or not self._in_head:
-                self.queue.append(self.state.handler.error(408, "request-timeout", close=True))
+                head = self._in_request and self._is_head()
+                self.queue.append(
+                    self.state.handler.error(408, "request-timeout", close=True, head=head)
+                )
                 self.stopped = True
                 self._process()
                 if not self.closed:

@@ -44,6 +44,7 @@ from oca.config import Config, parse_listen
 from oca.health.flags import clear_refusal
 from oca.health.verdict import WorkerHealth
 from oca.server import systemd
+from oca.server.fdbudget import raise_soft_limit
 from oca.server.tlsinfo import ktls_available
 
 if TYPE_CHECKING:
@@ -336,6 +337,15 @@ async def _main(sup: Supervisor) -> int:
 
 
 def run_server(cfg: Config, overrides: Mapping[str, Any] | None = None) -> int:
+    # Client connections need descriptors: take the whole hard limit (the workers
+    # inherit it; each sizes its connection budget from it, see oca.server.fdbudget).
+    nofile = raise_soft_limit()
+    if nofile.error:
+        log.warning("open-file limit stays at %d (hard %d): %s",
+                    nofile.soft, nofile.hard, nofile.error)  # fmt: skip
+    elif nofile.soft != nofile.soft_before:
+        log.info("open-file limit was %d, now %d (the hard limit), because client "
+                 "connections need descriptors", nofile.soft_before, nofile.soft)  # fmt: skip
     sup = Supervisor(cfg, overrides)
     try:
         sup.bind_all()

@@ -44,16 +44,18 @@ from oca.config import AuthKey, Config, appliance_id, load_auth_keys, load_confi
 from oca.errors import ConfigError, OcaError
 from oca.health.flags import read_refusal, refusal_path
 from oca.peering.known import KnownTable
-from oca.peering.misses import MissFetcher, clean_stale_parts
+from oca.peering.misses import MissFetcher, clean_stale_parts, clean_stale_transfers
 from oca.peering.peers import PeerSet
 from oca.peering.summary import InventorySummary
 from oca.server.accesslog import AccessLog
+from oca.server.fdbudget import plan_descriptors, soft_limit
 from oca.server.files import OpenFile, OpenFileCache, open_object
 from oca.server.handler import ContentHandler
 from oca.server.metrics import (
     AggregateCollector,
     TextfileCollector,
     WorkerMetrics,
+    join_labels,
     render,
     write_snapshot,
 )
@@ -179,6 +181,28 @@ class WorkerState:
         self.pid = os.getpid()
         self.has_internal_listener = has_internal_listener
         self.connections: set[Any] = set()
+        # server.max_connections and storage.open_file_cache_size, or fewer when the
+        # open-file limit cannot hold them next to what disks and misses need (fdbudget).
+        nofile = soft_limit()
+        fds = plan_descriptors(
+            nofile,
+            max_connections=cfg.server.max_connections,
+            open_file_cache_size=cfg.storage.open_file_cache_size,
+            io_threads=cfg.storage.io_threads,
+            upstream_connections=cfg.miss.max_upstream_connections,
+            upstream_transfers=cfg.miss.max_upstream_transfers,
+        )
+        self.max_connections = fds.connections
+        if fds.open_files < cfg.storage.open_file_cache_size or (
+            fds.connections < cfg.server.max_connections
+        ):
+            log.warning(
+                "worker %d holds at most %d client connections (server.max_connections = %d) "
+                "and %d open files (storage.open_file_cache_size = %d), because the open-file "
+                "limit is %d; beyond that new connections get 503 (raise LimitNOFILE or "
+                "ulimit -n)", slot, fds.connections, cfg.server.max_connections,
+                fds.open_files, cfg.storage.open_file_cache_size, nofile,
+            )  # fmt: skip
         self.draining = False
         # Why content is refused (steering grace over, policy stop), or None; from the
         # supervisor's flag file, read on the inventory refresh (oca.health.flags).
@@ -202,7 +226,7 @@ class WorkerState:
             ],
         )
         self.files = OpenFileCache(
-            cfg.storage.open_file_cache_size, cfg.storage.open_file_cache_ttl_seconds, loop.time
+            fds.open_files, cfg.storage.open_file_cache_ttl_seconds, loop.time
         )
         self.io_pool = concurrent.futures.ThreadPoolExecutor(
             cfg.storage.io_threads, thread_name_prefix="oca-io"
@@ -312,8 +336,21 @@ class WorkerState:
 
     # ---------------------------------------------------------------- files
     def open_file(self, rec: ObjectRecord, fs_path: str) -> OpenFile:
-        """Thread pool: open and describe one object (not yet in the cache)."""
-        fd = open_object(fs_path, rec)
+        """Thread pool: open and describe one object (not yet in the cache).
+
+        A file missing where this worker's table says it is may have been moved by
+        another process since the last inventory refresh (the fill's tier mover, or a
+        newer copy placed on another disk): re-read the indexes now and open the object
+        where it is, rather than answer 404 for an object the appliance holds.
+        """
+        try:
+            fd = open_object(fs_path, rec)
+        except FileNotFoundError:
+            self.store.refresh()
+            cur = self.store.lookup(rec.path)
+            if cur is None or self.store.file_path(cur) == fs_path:
+                raise
+            rec, fd = cur, open_object(self.store.file_path(cur), cur)
         return self.handler.open_file_entry(fd, rec)
 
     def on_open_error(self, rec: ObjectRecord, exc: OSError) -> Response:
@@ -328,14 +365,18 @@ class WorkerState:
         return self.handler.error(503, "disk-error", extra=b"Retry-After: 5\r\n")
 
     def on_read_error(self, rec: ObjectRecord, exc: OSError) -> None:
-        """An I/O error on one object: let the store decide whether its disk failed."""
+        """An I/O error on one object: let the store decide whether the object is
+        quarantined or its disk failed (Store.note_read_error)."""
         self.files.discard(rec.path)
         fut = self.loop.run_in_executor(self.io_pool, self._note_read_error, rec, exc)
 
         def done(f: asyncio.Future[bool]) -> None:
-            if not f.cancelled() and f.exception() is None and f.result():
+            if f.cancelled():
+                return
+            if f.exception() is not None:
+                log.error("judging a read error of %s failed: %r", rec.path, f.exception())
+            elif f.result():
                 self.files.discard_disk(rec.disk)
-                self.metrics.inc("disk_failures", rec.tier)
 
         fut.add_done_callback(done)
 
@@ -346,7 +387,7 @@ class WorkerState:
         try:
             size = os.stat(self.store.file_path(rec)).st_size
         except OSError as stat_exc:
-            return self.store.note_io_error(rec.disk, stat_exc, time.time())
+            return self.store.note_read_error(rec, stat_exc, time.time())
         if size != rec.size:
             log.error(
                 "object %s on disk %s is %d bytes, its record says %d; not serving it "
@@ -357,7 +398,7 @@ class WorkerState:
                 rec.size,
             )
             return False
-        return self.store.note_io_error(rec.disk, exc, time.time())
+        return self.store.note_read_error(rec, exc, time.time())
 
 
 # -------------------------------------------------------------------- loops
@@ -385,6 +426,13 @@ def _sweep(state: WorkerState) -> None:
 
 
 async def _snapshot(state: WorkerState) -> None:
+    # Disks failed and objects quarantined by this worker's store, whatever did it (a
+    # probe, a read error, the error limit, an index refresh, an install).
+    failures, quarantined = state.store.counts()
+    state.metrics.counters["disk_failures"] = {t: float(n) for t, n in failures.items()}
+    state.metrics.counters["quarantined"] = {
+        join_labels(*key): float(n) for key, n in quarantined.items()
+    }
     snap = state.metrics.snapshot()
     await state.loop.run_in_executor(
         state.io_pool, write_snapshot, state.metrics_dir, state.metrics_name, snap
@@ -392,12 +440,12 @@ async def _snapshot(state: WorkerState) -> None:
 
 
 async def _check_disks(state: WorkerState) -> None:
-    before = {d.root: d.state for d in state.store.disks()}
     await state.loop.run_in_executor(state.io_pool, state.store.check_disks, time.time())
     for d in state.store.disks():
-        if before.get(d.root) == "ok" and d.state != "ok":
-            state.files.discard_disk(d.root)
-            state.metrics.inc("disk_failures", d.tier)
+        if d.state != "ok":
+            # However it was failed (its probe, a read, an index refresh), its cached
+            # descriptors go now: they would keep a vanished filesystem alive.
+            state.files.discard_disk(d.id)
 
 
 async def _flush_stats(state: WorkerState) -> None:
@@ -438,6 +486,10 @@ async def serve(
         removed = await loop.run_in_executor(state.io_pool, clean_stale_parts, store)
         if removed:
             log.info("removed %d part file(s) of misses cut short by a worker that died", removed)
+        lock_dir = state.misses.lock_dir
+        removed = await loop.run_in_executor(state.io_pool, clean_stale_transfers, lock_dir)
+        if removed:
+            log.info("removed %d state file(s) of misses led by a worker that died", removed)
     ssl_ctx: ssl.SSLContext | None = None
     if any(lst.tls for lst in listeners):
         ssl_ctx = make_server_context(cfg.tls.cert_file, cfg.tls.key_file)

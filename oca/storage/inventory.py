@@ -7,10 +7,11 @@ moved to another slot, and still know what each disk holds. Under a disk root ``
 
     R/objects/<path>        the bytes of the object /<path>, exactly as served
     R/.oca/inventory.json   this disk's index (a cache of what R/objects holds)
-    R/.oca/journal.json     the paths a writer is committing (empty when idle)
+    R/.oca/journal.json     the paths a writer is committing or removing (empty when idle)
     R/.oca/lock             flock(2) taken by writers around index read-modify-write
     R/.oca/tmp/             files being written; never visible as objects
-    R/.oca/quarantine/      objects that failed verification, kept for inspection
+    R/.oca/quarantine/      objects that failed verification or reading, kept for inspection
+    R/.oca/disk-errors.json objects that failed to read lately; the error limit's hold
 
 Crash safety follows the usual write-temp / fsync / rename / fsync-directory sequence:
 bytes go to ``.oca/tmp``, are hashed while copied, fsynced and renamed into
@@ -18,9 +19,12 @@ bytes go to ``.oca/tmp``, are hashed while copied, fsynced and renamed into
 same way. Between the renames and the index save a crash would leave the index
 describing bytes it no longer matches, so before renaming a writer fsyncs the list of
 paths it is about to commit into ``journal.json``; the next process to take the disk
-lock finds a non-empty journal and re-derives those records from the files. The index
-therefore always describes the bytes it points at, which is what lets the server trust
-``size`` without a stat per request.
+lock finds a non-empty journal and re-derives those records from the files. A removal
+runs the other way (save the index without the objects, then unlink their files) under
+a journal naming them too, so a crash in between is finished by the next process to take
+the lock, which unlinks them: no file is left under ``objects/`` that no index lists. The
+index therefore always describes the bytes it points at, which is what lets the server
+trust ``size`` without a stat per request.
 
 The index is only a cache of the disk. When it is missing, fails to parse or fails
 validation (schema, version, types, duplicates) it is renamed aside to
@@ -160,9 +164,10 @@ class DiskLayout:
     def create(self, *, root_too: bool) -> None:
         """Create the directories; the root itself only when ``root_too``."""
         if root_too:
-            os.makedirs(self.root, exist_ok=True)
-        elif not os.path.isdir(self.root):
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.root)
+            with suppress(FileExistsError):  # then the stat below says what is wrong
+                os.makedirs(self.root, exist_ok=True)
+        if not stat.S_ISDIR(os.stat(self.root).st_mode):  # its own error (EIO, ENOENT...)
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), self.root)
         for d in (self.objects, self.meta, self.tmp, self.quarantine):
             os.makedirs(d, exist_ok=True)
 
@@ -578,12 +583,17 @@ def _unlink_quietly(path: str) -> None:
 # --------------------------------------------------------------------------- commit journal
 
 
-def write_journal(layout: DiskLayout, paths: Iterable[str]) -> None:
-    """Durably record the paths about to be renamed into place (caller holds the lock)."""
+def write_journal(layout: DiskLayout, paths: Iterable[str], removals: Iterable[str] = ()) -> None:
+    """Durably record the paths about to be renamed into place, and those whose files
+    are about to be unlinked after an index save without them (caller holds the lock)."""
     existed = os.path.exists(layout.journal)
+    doc: dict[str, Any] = {"schema": "oca.journal", "paths": list(paths)}
+    gone = list(removals)
+    if gone:
+        doc["removals"] = gone
     fd = os.open(layout.journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        write_all(fd, orjson.dumps({"schema": "oca.journal", "paths": list(paths)}))
+        write_all(fd, orjson.dumps(doc))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -597,35 +607,51 @@ def clear_journal(layout: DiskLayout) -> None:
 
 
 def read_journal(layout: DiskLayout) -> list[str]:
+    """The paths of an unfinished commit (see :func:`read_journal_entries`)."""
+    return read_journal_entries(layout)[0]
+
+
+def read_journal_entries(layout: DiskLayout) -> tuple[list[str], list[str]]:
+    """(paths being committed, paths being removed) of an unfinished journal."""
     try:
         with open(layout.journal, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return []
+        return [], []
     if not data:
-        return []
+        return [], []
     try:
         doc = orjson.loads(data)
         paths = doc["paths"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        # A torn journal was being written when the writer stopped: it had renamed nothing.
+        removals = doc.get("removals", [])
+        if not isinstance(paths, list) or not isinstance(removals, list):
+            raise TypeError("not lists")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        # A torn journal was being written when the writer stopped: it had changed nothing.
         log.warning("disk %s: ignoring a torn commit journal", layout.root)
-        return []
-    return [p for p in paths if isinstance(p, str) and validate_object_path(p) is None]
+        return [], []
+
+    def valid(items: list[Any]) -> list[str]:
+        return [p for p in items if isinstance(p, str) and validate_object_path(p) is None]
+
+    return valid(paths), valid(removals)
 
 
 def recover_journal(inv: DiskInventory) -> DiskInventory:
-    """Finish a commit a writer left half done (caller holds the lock)."""
-    paths = read_journal(inv.layout)
-    if not paths:
+    """Finish a commit or a removal a writer left half done (caller holds the lock)."""
+    paths, removals = read_journal_entries(inv.layout)
+    if not paths and not removals:
         return inv
-    fixed = inv.reconcile(paths).save()
+    fixed = inv.reconcile(paths).with_changes(removals=removals).save()
+    for p in removals:  # the index no longer lists them: their files go too
+        _unlink_quietly(inv.layout.object_file(p))
     clear_journal(inv.layout)
     log.warning(
-        "inventory of disk %s: was mid-commit of %d objects, now reconciled with the files, "
-        "because a writer stopped before finishing its commit",
+        "inventory of disk %s: was mid-commit of %d objects and mid-removal of %d, now "
+        "reconciled with the files, because a writer stopped before finishing",
         inv.disk,
         len(paths),
+        len(removals),
     )
     return fixed
 
@@ -718,10 +744,11 @@ def clean_tmp(layout: DiskLayout) -> int:
 
 
 def clean_meta(layout: DiskLayout, now: float) -> None:
-    """Remove index temp files (only writers holding the lock make them) and old probes."""
+    """Remove index and error-log temp files (only writers holding the lock make them)
+    and old probes."""
     for name in os.listdir(layout.meta):
         path = os.path.join(layout.meta, name)
-        if name.startswith("inventory.json.") and name.endswith(".tmp"):
+        if name.startswith(("inventory.json.", "disk-errors.json.")) and name.endswith(".tmp"):
             _unlink_quietly(path)
         elif name.startswith("probe-"):
             try:
@@ -737,13 +764,21 @@ def clean_meta(layout: DiskLayout, now: float) -> None:
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
     ok: bool
-    reason: str = ""
+    reason: str = ""  # why not ok; for an ok disk, a limit it has hit ("full: ...") or ""
     total_bytes: int = 0
     free_bytes: int = 0
 
 
-def probe_disk(layout: DiskLayout, token: str) -> ProbeResult:
-    """Is the disk usable: root a directory, layout present, ``.oca`` writable and readable."""
+def probe_disk(layout: DiskLayout, token: str, *, mount_point: bool = False) -> ProbeResult:
+    """Is the disk usable: root a directory, layout present, ``.oca`` writable and readable.
+
+    ``mount_point``: the root was a mount point when the disk was opened; a root that
+    no longer is one lost its filesystem (unmounted, or the drive dropped out), and the
+    directory left underneath is not the disk. A probe that cannot be written because
+    the filesystem is full (ENOSPC, EDQUOT) leaves the disk ok, with a "full: ..."
+    reason: everything it holds still reads, only new objects must go elsewhere (the
+    store's writes check the free space themselves).
+    """
     root = layout.root
     try:
         st = os.stat(root)
@@ -751,6 +786,10 @@ def probe_disk(layout: DiskLayout, token: str) -> ProbeResult:
         return ProbeResult(False, f"disk root {root} is unusable: {describe_os_error(exc)}")
     if not stat.S_ISDIR(st.st_mode):
         return ProbeResult(False, f"disk root {root} is not a directory")
+    if mount_point and not os.path.ismount(root):
+        return ProbeResult(
+            False, f"disk root {root} is no longer a mount point: its filesystem went away"
+        )
     for d in (layout.objects, layout.meta, layout.tmp):
         if not os.path.isdir(d):
             return ProbeResult(False, f"{d} is missing: not an oca disk, or it was wiped")
@@ -768,9 +807,29 @@ def probe_disk(layout: DiskLayout, token: str) -> ProbeResult:
         os.unlink(probe)
         vfs = os.statvfs(root)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return _full(layout, probe, exc)
         return ProbeResult(
             False, f"probe write/read in {layout.meta} failed: {describe_os_error(exc)}"
         )
     if back != payload:
         return ProbeResult(False, f"probe file {probe} read back different bytes")
     return ProbeResult(True, "", vfs.f_blocks * vfs.f_frsize, vfs.f_bavail * vfs.f_frsize)
+
+
+def _full(layout: DiskLayout, probe: str, exc: OSError) -> ProbeResult:
+    """The probe of a disk whose filesystem has no room: ok if it still reads."""
+    with suppress(OSError):
+        os.unlink(probe)
+    try:
+        vfs = os.statvfs(layout.root)
+        os.listdir(layout.meta)
+    except OSError as read_exc:
+        return ProbeResult(False, f"probe in {layout.meta} failed: {describe_os_error(read_exc)}")
+    return ProbeResult(
+        True,
+        f"full: no room for a probe file in {layout.meta} ({describe_os_error(exc)}); "
+        f"{vfs.f_bavail * vfs.f_frsize} bytes free",
+        vfs.f_blocks * vfs.f_frsize,
+        vfs.f_bavail * vfs.f_frsize,
+    )

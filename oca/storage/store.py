@@ -34,7 +34,13 @@ totals keep several serving processes from overwriting each other's counts.
 
 Errors: an EIO (or similar) from a disk, or finding its root gone, marks that disk
 failed with the errno text as the reason and the operation moves on to another disk or
-raises :class:`DiskFailed`; it never takes the process down.
+raises :class:`DiskFailed`; it never takes the process down. A read error while serving
+one object is judged by ``note_read_error``: the disk fails if its probe fails too, or
+if more than ``disk_error_limit`` distinct objects failed within the window (then it is
+held failed for ``disk_error_hold_seconds``); otherwise only that object is quarantined
+(:mod:`oca.storage.errorlimit`). ``verify`` and ``move`` judge an object they cannot
+read by the same rule. The store counts the disks it failed and the objects it
+quarantined (:meth:`Store.counts`), for the metrics of the process using it.
 """
 
 from __future__ import annotations
@@ -56,6 +62,8 @@ from typing import Literal
 
 from oca.config import StorageConfig
 from oca.errors import CapacityExceeded, DiskFailed, IntegrityError, ObjectNotFound, StorageError
+from oca.storage.errorlimit import ErrorLimit, judge_read_error
+from oca.storage.errorlog import held_reason, load_errors, save_errors
 from oca.storage.inventory import (
     COPY_CHUNK_BYTES,
     DiskInventory,
@@ -87,8 +95,13 @@ log = logging.getLogger("oca.storage")
 
 DiskState = Literal["ok", "failed"]
 ProblemKind = Literal["sha256", "size", "missing", "unreadable", "orphan"]
+# Why an object was quarantined: it could not be read, or its bytes did not match.
+QuarantineReason = Literal["read-error", "checksum"]
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# Read errors that can be one object's (bad sectors, a checksum or corruption error the
+# filesystem found in its data): note_read_error decides whether the disk is at fault.
+_OBJECT_ERRNOS = frozenset({errno.EIO, errno.EBADMSG, errno.EUCLEAN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +110,7 @@ class DiskStatus:
     tier: str
     root: str
     state: DiskState
-    reason: str  # why it is failed; "" when ok
+    reason: str  # why it is failed; for an ok disk what limits it ("full: ...") or ""
     objects: int  # for a failed disk: as last known
     used_bytes: int
     capacity_bytes: int
@@ -147,6 +160,14 @@ class VerifyReport:
         return not self.bad and not self.failed_disks
 
 
+class _SourceUnreadable(StorageError):
+    """Reading the file to be stored failed (``error``: what the read raised)."""
+
+    def __init__(self, src: str, error: OSError) -> None:
+        super().__init__(f"cannot read {src}: {describe_os_error(error)}")
+        self.error = error
+
+
 @dataclass(frozen=True, slots=True)
 class _Health:
     state: DiskState
@@ -174,6 +195,7 @@ class _Disk:
         self.inv = DiskInventory.of(self.root, {}, disk=disk_id, tier=tier)
         self.health = _Health("failed", "not opened yet", 0.0)
         self.fs_total = 0
+        self.mount_point = False  # its root was a mount point when it came up
         self.pending = 0  # bytes copied but not yet committed
         self.io = threading.Lock()  # serialises this process's index read-modify-write
         self.tmp = TmpArea(self.layout)
@@ -213,6 +235,12 @@ class Store:
         self._table: dict[str, ObjectRecord] = {}
         self._generation = 0
         self._stats: dict[str, _Access] = {}
+        self._error_limit = ErrorLimit(
+            cfg.disk_error_limit, cfg.disk_error_window_seconds, cfg.disk_error_hold_seconds
+        )
+        # What this process did, for its metrics (under _publish; read with counts()).
+        self._failures: dict[str, int] = {}  # disks failed (was ok, now failed), by tier
+        self._quarantines: dict[tuple[str, str, QuarantineReason], int] = {}  # tier, disk
 
     @classmethod
     def open(
@@ -323,6 +351,8 @@ class Store:
                 return False
             d.health = _Health("failed", reason, now)
             self._swap(self._merged())
+            self._failures[d.tier] = self._failures.get(d.tier, 0) + 1
+        d.tmp.close()  # its lock descriptor would keep a vanished filesystem alive
         log.error(
             "disk %s (tier %s): was ok, now failed, because %s; %d objects left the lookup table",
             d.id,
@@ -340,13 +370,82 @@ class Store:
         reason = disk_failure_reason(exc, d.root)
         return reason is not None and self.mark_failed(disk_id, reason, now)
 
+    def counts(
+        self,
+    ) -> tuple[dict[str, int], dict[tuple[str, str, QuarantineReason], int]]:
+        """(disks this process failed, by tier; objects it quarantined, by tier, disk and
+        reason): totals since it opened the store, for its metrics."""
+        with self._publish:
+            return dict(self._failures), dict(self._quarantines)
+
+    def note_read_error(self, rec: ObjectRecord, exc: OSError, now: float) -> bool:
+        """Reading ``rec``'s file failed with ``exc`` (blocking: probes the disk, may
+        write its index). True if the disk was failed.
+
+        An error that is not a data error (the disk or its root gone, ...) is judged by
+        :meth:`note_io_error`. A data error (EIO, a checksum or corruption error) fails
+        the disk when its probe fails too, or when the disk's error limit says the errors
+        are not confined to single objects (:mod:`oca.storage.errorlimit`; the disk is
+        then held failed). Otherwise it is this object's: it is quarantined (out of the
+        disk's index, its file moved to ``.oca/quarantine/``) and the disk serves on.
+        """
+        return self._judge_read_error(rec, exc, now)[0]
+
+    def _judge_read_error(self, rec: ObjectRecord, exc: OSError, now: float) -> tuple[bool, str]:
+        """:meth:`note_read_error`, and what became of the object ("" if nothing)."""
+        d = self._by_id.get(rec.disk)
+        if d is None or d.health.state != "ok":
+            return False, ""
+        if exc.errno not in _OBJECT_ERRNOS:
+            failed = self.note_io_error(rec.disk, exc, now)
+            return failed, f"its disk failed: {d.health.reason}" if failed else ""
+        # Its own probe file: this runs in a pool thread, beside check_disks' probe and
+        # other read errors' probes, which would remove or rewrite a shared one.
+        token = f"{self._token}-{threading.get_native_id()}"
+        probe = probe_disk(d.layout, token, mount_point=d.mount_point)
+        if not probe.ok:
+            return self.mark_failed(d.id, probe.reason, now), f"its disk failed: {probe.reason}"
+        detail = describe_os_error(exc)
+        try:
+            with d.io, disk_lock(d.layout):
+                inv = self._current_locked(d, now)
+                if inv is not d.inv:
+                    self._install(d, inv, None)
+                cur = inv.records.get(rec.path)
+                if cur is None or not _same_bytes(cur, rec):
+                    return False, ""  # replaced or quarantined meanwhile (another process)
+                decision = judge_read_error(
+                    load_errors(d.layout), rec.path, detail, now, self._error_limit
+                )
+                save_errors(d.layout, decision.errors)
+            if decision.verdict == "fail":
+                failed = self.mark_failed(d.id, decision.reason, now)
+                return failed, f"its disk failed: {decision.reason}"
+            limit = self._error_limit
+            actions = self._quarantine(
+                d, [rec], now, because=f"reading it failed ({detail}); {decision.recent} "
+                f"unreadable object(s) on this disk within {limit.window_seconds:g}s, the "
+                f"disk fails beyond {limit.limit}", reason="read-error",
+            )  # fmt: skip
+        except OSError as io_exc:
+            err = self._disk_error(d, io_exc, f"quarantining {rec.path}")
+            if not isinstance(err, DiskFailed):
+                log.error("%s", err)
+            return isinstance(err, DiskFailed), f"not quarantined: {err}"
+        return False, actions.get(rec.path, "")
+
     def check_disks(self, now: float) -> list[DiskStatus]:
-        """Probe every disk (blocking); failed disks that pass again come back."""
+        """Probe every disk (blocking); failed disks that pass again come back. A disk
+        held failed by its error limit stays failed while the hold lasts."""
         for d in self._disks:
             if d.health.state == "ok":
-                probe = probe_disk(d.layout, self._token)
-                if probe.ok:
+                probe = probe_disk(d.layout, self._token, mount_point=d.mount_point)
+                held = held_reason(d.layout, now) if probe.ok else None
+                if held is not None:
+                    self.mark_failed(d.id, held, now)
+                elif probe.ok:
                     d.fs_total = probe.total_bytes
+                    self._note(d, probe.reason)
                 else:
                     self.mark_failed(d.id, probe.reason, now)
             else:
@@ -355,14 +454,20 @@ class Store:
 
     def _bring_up(self, d: _Disk, now: float, *, root_too: bool) -> bool:
         was = d.health
+        # A disk whose filesystem was unmounted under it is not recreated in the
+        # directory left underneath (the probe says why it stays failed).
+        lost = d.mount_point and not os.path.ismount(d.root)
         try:
-            if self._create:
+            if self._create and not lost:
                 d.layout.create(root_too=root_too)
         except OSError as exc:
             return self._still_failed(d, f"cannot create {d.root}: {describe_os_error(exc)}", now)
-        probe = probe_disk(d.layout, self._token)
+        probe = probe_disk(d.layout, self._token, mount_point=d.mount_point)
         if not probe.ok:
             return self._still_failed(d, probe.reason, now)
+        held = held_reason(d.layout, now)
+        if held is not None:
+            return self._still_failed(d, held, now)
         d.tmp.close()  # an earlier claim may point into a directory that was replaced
         try:
             with d.io, disk_lock(d.layout):
@@ -376,9 +481,10 @@ class Store:
             detail = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
             return self._still_failed(d, f"cannot load the inventory: {detail}", now)
         d.fs_total = probe.total_bytes
+        d.mount_point = d.mount_point or os.path.ismount(d.root)
         with self._publish:
             d.inv = inv
-            d.health = _Health("ok", "", now)
+            d.health = _Health("ok", probe.reason, now)
             self._swap(self._merged())
         log.info(
             "disk %s (tier %s): was %s, now ok with %d objects (%d bytes), because %s",
@@ -397,10 +503,12 @@ class Store:
         stale = [p for p in inv.records if any(p in o.inv.records for o in others)]
         if not stale:
             return inv
+        write_journal(d.layout, (), removals=stale)
         inv = inv.with_changes(removals=stale).save()
         for p in stale:
             _unlink_quietly(d.layout.object_file(p))
             _prune_dirs(d.layout, p)
+        clear_journal(d.layout)
         log.info(
             "disk %s: %d objects were stored elsewhere in tier %s while it was failed; "
             "its older copies were removed",
@@ -409,6 +517,18 @@ class Store:
             d.tier,
         )
         return inv
+
+    def _note(self, d: _Disk, note: str) -> None:
+        """Record what limits an ok disk (``probe_disk``'s "full: ..."), or "" for none."""
+        with self._publish:
+            was = d.health
+            if was.state != "ok" or was.reason == note:
+                return
+            d.health = _Health("ok", note, was.since)
+        if note:
+            log.warning("disk %s (tier %s): still serving, but %s", d.id, d.tier, note)
+        else:
+            log.info("disk %s (tier %s): has room again (was %s)", d.id, d.tier, was.reason)
 
     def _still_failed(self, d: _Disk, reason: str, now: float) -> bool:
         with self._publish:
@@ -579,11 +699,17 @@ class Store:
         if not _SHA256_RE.fullmatch(sha256):
             raise StorageError(f"{path}: {sha256!r} is not a sha256 hex digest")
         tier_name = self._tier_name(tier)
+        root = os.path.abspath(src)
         try:
             st = os.stat(src)
         except OSError as exc:
+            # A part file on a disk whose filesystem went away: that disk failed.
+            home = next((d for d in self._disks if root.startswith(d.root + os.sep)), None)
+            if home is not None and home.health.state != "ok":
+                raise DiskFailed(home.id, home.health.reason) from None
+            if home is not None:
+                raise self._disk_error(home, exc, f"reading {src}") from None
             raise StorageError(f"cannot read {src}: {describe_os_error(exc)}") from None
-        root = os.path.abspath(src)
         d = next(
             (c for c in self._candidates(tier_name, path) if root.startswith(c.root + os.sep)),
             None,
@@ -715,7 +841,7 @@ class Store:
         try:
             src = open(req.src, "rb", buffering=0)  # noqa: SIM115 - closed below
         except OSError as exc:
-            raise StorageError(f"cannot read {req.src}: {describe_os_error(exc)}") from None
+            raise _SourceUnreadable(req.src, exc) from None
         with src:
             st = os.fstat(src.fileno())
             if not stat.S_ISREG(st.st_mode):
@@ -760,7 +886,7 @@ class Store:
                 try:
                     k = src.readinto(buf)
                 except OSError as exc:
-                    raise StorageError(f"cannot read {req.src}: {describe_os_error(exc)}") from None
+                    raise _SourceUnreadable(req.src, exc) from None
                 if not k:
                     break
                 h.update(view[:k])
@@ -888,9 +1014,15 @@ class Store:
             raise ObjectNotFound(f"{path}: not held")
         if rec.tier == tier:
             return rec
-        new = self.put_file(
-            path, self.file_path(rec), sha256=rec.sha256, tier=tier, mtime=rec.mtime
-        )
+        try:
+            new = self.put_file(
+                path, self.file_path(rec), sha256=rec.sha256, tier=tier, mtime=rec.mtime
+            )
+        except _SourceUnreadable as exc:
+            # Reading the object failed: judged as when serving it (quarantined, or its
+            # disk failed), not left to fail every later move too.
+            self.note_read_error(rec, exc.error, self._clock())
+            raise
         if rec.hits or rec.last_access:
             acc = self._stats.setdefault(path, _Access())
             acc.hits += rec.hits
@@ -906,14 +1038,17 @@ class Store:
         return removed
 
     def _remove_paths(self, d: _Disk, paths: list[str]) -> list[str]:
-        # The index is saved before the files go: a crash in between leaves an orphan
-        # file (reported by verify), never a record without bytes.
+        # The index is saved before the files go, never a record without bytes; the
+        # journal names them, so a crash in between is finished by the next process to
+        # take the lock (it unlinks them) instead of leaving files no index lists.
         now = self._clock()
         try:
             with d.io, disk_lock(d.layout):
                 inv = self._current_locked(d, now)
                 reloaded = inv is not d.inv
                 present = [p for p in paths if p in inv.records]
+                if present:
+                    write_journal(d.layout, (), removals=present)
                 new = (
                     self._with_stats(inv.with_changes(removals=present)).save() if present else inv
                 )
@@ -922,6 +1057,8 @@ class Store:
                 for p in present:
                     _unlink_quietly(d.layout.object_file(p))
                     _prune_dirs(d.layout, p)
+                if present:
+                    clear_journal(d.layout)
         except OSError as exc:
             raise self._disk_error(d, exc, "removing objects") from None
         return present
@@ -929,7 +1066,14 @@ class Store:
     # ----------------------------------------------------------------- verification
 
     def verify(self, *, quarantine: bool) -> VerifyReport:
-        """Re-hash every object on the healthy disks (blocking, slow)."""
+        """Re-hash every object on the healthy disks (blocking, slow).
+
+        An object that cannot be read for a data error (EIO, a checksum or corruption
+        error of the filesystem) is judged as when serving it (:meth:`note_read_error`):
+        quarantined and counted against its disk, which fails, and stops being verified,
+        when its probe fails or its error limit is passed. With ``quarantine`` False
+        nothing is changed: such an object is only reported, and its disk probed.
+        """
         now = self._clock()
         objects = nbytes = quarantined = 0
         problems: list[VerifyProblem] = []
@@ -941,16 +1085,29 @@ class Store:
             bad: list[tuple[ObjectRecord, VerifyProblem]] = []
             try:
                 for rec in list(d.inv.records.values()):
-                    problem = self._verify_object(d, rec)
+                    problem, exc = self._verify_object(d, rec)
                     objects += 1
                     nbytes += rec.size
                     cur = d.inv.records.get(rec.path)
-                    if problem is not None and cur is not None and _same_bytes(cur, rec):
-                        bad.append((rec, problem))  # (else it was replaced while we read it)
+                    if problem is None or cur is None or not _same_bytes(cur, rec):
+                        continue  # (it was replaced while we read it)
+                    if exc is None or exc.errno not in _OBJECT_ERRNOS:
+                        bad.append((rec, problem))
+                        continue
+                    action = self._verify_unreadable(d, rec, exc, now, quarantine)
+                    quarantined += action.startswith("quarantined")
+                    problems.append(replace(problem, action=action))
+                    if d.health.state != "ok":
+                        raise DiskFailed(d.id, d.health.reason)
                 orphans = [p for p, _, _ in scan_objects(d.layout) if p not in d.inv.records]
-                actions = (
-                    self._quarantine(d, [r for r, _ in bad], now) if quarantine and bad else {}
-                )
+                if bad or orphans:
+                    bad, orphans = self._confirm(d, bad, orphans, now)
+                actions: dict[str, str] = {}
+                if quarantine:
+                    for reason in ("read-error", "checksum"):
+                        recs = [r for r, p in bad if _quarantine_reason(p) == reason]
+                        if recs:
+                            actions |= self._quarantine(d, recs, now, reason=reason)
             except DiskFailed:
                 failed.append(d.id)
                 problems.extend(p for _, p in bad)
@@ -972,33 +1129,92 @@ class Store:
             )
         return VerifyReport(objects, nbytes, tuple(problems), quarantined, tuple(failed))
 
-    def _verify_object(self, d: _Disk, rec: ObjectRecord) -> VerifyProblem | None:
+    def _confirm(
+        self,
+        d: _Disk,
+        bad: list[tuple[ObjectRecord, VerifyProblem]],
+        orphans: list[str],
+        now: float,
+    ) -> tuple[list[tuple[ObjectRecord, VerifyProblem]], list[str]]:
+        """The problems that still hold against the disk's index as it is now.
+
+        Other processes (``oca serve`` storing what it pulled, a fill storing, moving
+        or evicting) change the disk while a verify reads it: an object removed since
+        the index was read looks missing, one stored since looks like an orphan. Under
+        the disk lock, with the current index, each suspect is judged again (objects
+        re-hashed: few, as real problems are rare).
+        """
+        with d.io, disk_lock(d.layout):
+            inv = self._current_locked(d, now)
+            if inv is not d.inv:
+                self._install(d, inv, None)
+            still: list[tuple[ObjectRecord, VerifyProblem]] = []
+            for rec, _ in bad:
+                cur = inv.records.get(rec.path)
+                problem = self._verify_object(d, cur)[0] if cur is not None else None
+                if cur is not None and problem is not None:
+                    still.append((cur, problem))
+            strays = [
+                p
+                for p in orphans
+                if p not in inv.records and os.path.isfile(d.layout.object_file(p))
+            ]
+        return still, strays
+
+    def _verify_object(
+        self, d: _Disk, rec: ObjectRecord
+    ) -> tuple[VerifyProblem | None, OSError | None]:
+        """The object's problem, if any, with the error that reading it met. A data error
+        is left for the caller to judge (:meth:`_verify_unreadable`); any other error
+        that says the disk broke fails the disk (DiskFailed)."""
         file = d.layout.object_file(rec.path)
         try:
             st = os.stat(file)
             digest, size = hash_file(file)
         except OSError as exc:
-            err = self._disk_error(d, exc, f"reading {rec.path}")
-            if isinstance(err, DiskFailed):
-                raise err from None
+            if exc.errno not in _OBJECT_ERRNOS:
+                err = self._disk_error(d, exc, f"reading {rec.path}")
+                if isinstance(err, DiskFailed):
+                    raise err from None
             kind: ProblemKind = (
                 "missing" if exc.errno in (errno.ENOENT, errno.ENOTDIR) else "unreadable"
             )
-            return VerifyProblem(rec.path, d.id, d.tier, kind, describe_os_error(exc))
+            return VerifyProblem(rec.path, d.id, d.tier, kind, describe_os_error(exc)), exc
         if size != rec.size:
             detail = f"{size} bytes on disk, {rec.size} recorded"
-            return VerifyProblem(rec.path, d.id, d.tier, "size", detail)
+            return VerifyProblem(rec.path, d.id, d.tier, "size", detail), None
         if digest != rec.sha256:
             detail = f"sha256 {digest} on disk, {rec.sha256} recorded"
-            return VerifyProblem(rec.path, d.id, d.tier, "sha256", detail)
+            return VerifyProblem(rec.path, d.id, d.tier, "sha256", detail), None
         if (
             read_sha256_xattr(file, st.st_mtime_ns) != digest
             and os.stat(file).st_mtime_ns == st.st_mtime_ns
         ):
             write_sha256_xattr(file, digest, st.st_mtime_ns)  # lets a rebuild trust it
-        return None
+        return None, None
 
-    def _quarantine(self, d: _Disk, recs: list[ObjectRecord], now: float) -> dict[str, str]:
+    def _verify_unreadable(
+        self, d: _Disk, rec: ObjectRecord, exc: OSError, now: float, quarantine: bool
+    ) -> str:
+        """A data error reading ``rec`` during verify: what was done about it."""
+        if quarantine:
+            return self._judge_read_error(rec, exc, now)[1]
+        token = f"{self._token}-{threading.get_native_id()}"
+        probe = probe_disk(d.layout, token, mount_point=d.mount_point)
+        if not probe.ok:
+            self.mark_failed(d.id, probe.reason, now)
+            return f"its disk failed: {probe.reason}"
+        return ""
+
+    def _quarantine(
+        self,
+        d: _Disk,
+        recs: list[ObjectRecord],
+        now: float,
+        because: str = "it failed verification",
+        *,
+        reason: QuarantineReason = "checksum",
+    ) -> dict[str, str]:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
         actions: dict[str, str] = {}
         with d.io, disk_lock(d.layout):
@@ -1021,17 +1237,21 @@ class Store:
                 else:
                     actions[rec.path] = f"quarantined to {dst}"
                     _prune_dirs(d.layout, rec.path)
+                    with self._publish:
+                        key = (d.tier, d.id, reason)
+                        self._quarantines[key] = self._quarantines.get(key, 0) + 1
         for path, action in actions.items():
             log.warning(
-                "object %s on disk %s: was served, now %s, because it failed verification",
-                path,
-                d.id,
-                action,
+                "object %s on disk %s: was served, now %s, because %s", path, d.id, action, because
             )
         return actions
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _quarantine_reason(p: VerifyProblem) -> QuarantineReason:
+    return "read-error" if p.kind == "unreadable" else "checksum"
 
 
 def _same_bytes(a: ObjectRecord, b: ObjectRecord) -> bool:

@@ -24,7 +24,11 @@ Control endpoints, for the test:
   (or for every path, with ``"*"``; an exact path wins over ``"*"``) misbehave: a delay
   before the response head, a status override with an empty body, a throttled body, a
   body cut off by an abrupt close after N bytes, or the bytes at file offsets 0..15
-  inverted.
+  inverted. Network faults: ``hang_after_bytes`` sends the head and N body bytes, then
+  nothing more while the connection stays open (0: hangs right after the headers);
+  ``reset_after_bytes`` sends the head and N body bytes, then resets the connection
+  (SO_LINGER 0, then close: the client gets an RST, not a FIN); ``reset_before_head``
+  resets it without answering at all.
 
 ``OriginProcess`` is the test side: it starts the child, waits for the ready file with a
 deadline, talks to the control endpoints with ``urllib`` (so synchronous tests can use it)
@@ -41,6 +45,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -83,6 +89,9 @@ class BehaviourBody(TypedDict, total=False):
     corrupt: bool
     delay_first_byte_seconds: float | None
     status: int | None
+    hang_after_bytes: int | None
+    reset_after_bytes: int | None
+    reset_before_head: bool
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,9 @@ class Behaviour:
     corrupt: bool = False
     delay_first_byte_seconds: float | None = None
     status: int | None = None
+    hang_after_bytes: int | None = None
+    reset_after_bytes: int | None = None
+    reset_before_head: bool = False
 
 
 class BehaviourError(ValueError):
@@ -128,12 +140,18 @@ def parse_behaviour(doc: object) -> tuple[str, Behaviour]:
     corrupt = doc.get("corrupt", False)
     if not isinstance(corrupt, bool):
         raise BehaviourError('"corrupt" must be a boolean')
+    reset_before_head = doc.get("reset_before_head", False)
+    if not isinstance(reset_before_head, bool):
+        raise BehaviourError('"reset_before_head" must be a boolean')
     return path, Behaviour(
         rate_bytes_per_second=optional_int("rate_bytes_per_second", 1),
         die_after_bytes=optional_int("die_after_bytes", 0),
         corrupt=corrupt,
         delay_first_byte_seconds=delay,
         status=optional_int("status", 200, 599),
+        hang_after_bytes=optional_int("hang_after_bytes", 0),
+        reset_after_bytes=optional_int("reset_after_bytes", 0),
+        reset_before_head=reset_before_head,
     )
 
 
@@ -252,6 +270,9 @@ class OriginServer:
         behaviour = self.behaviour_for(path)
         if behaviour.delay_first_byte_seconds:
             await asyncio.sleep(behaviour.delay_first_byte_seconds)
+        if behaviour.reset_before_head:
+            await _abort(request, reset=True)
+            return web.Response(status=500)  # never sent: the connection is gone
         if behaviour.status is not None:
             return web.Response(status=behaviour.status)
         file = resolve_under(self.root, path)
@@ -286,6 +307,9 @@ class OriginServer:
         rate = behaviour.rate_bytes_per_second
         chunk_bytes = max(1, min(CHUNK_BYTES, rate // 20)) if rate else CHUNK_BYTES
         limit = behaviour.die_after_bytes
+        for cut in (behaviour.hang_after_bytes, behaviour.reset_after_bytes):
+            if cut is not None:
+                limit = cut if limit is None else min(limit, cut)
         loop = asyncio.get_running_loop()
         started = loop.time()
         offset, end, sent = decision.first, decision.last + 1, 0
@@ -310,20 +334,33 @@ class OriginServer:
                 if pause > 0:
                     await asyncio.sleep(pause)
         if offset < end:
-            await _abort(request)
+            if behaviour.hang_after_bytes is not None and sent >= behaviour.hang_after_bytes:
+                await _hang(request)
+            await _abort(request, reset=sent == behaviour.reset_after_bytes)
             return resp
         await resp.write_eof()
         return resp
 
 
-async def _abort(request: web.Request) -> None:
-    """Close the connection without finishing the body, once what was written has left."""
+async def _hang(request: web.Request) -> None:
+    """Send nothing more, until the client gives up and closes the connection."""
+    transport = request.transport
+    while transport is not None and not transport.is_closing():
+        await asyncio.sleep(0.05)
+
+
+async def _abort(request: web.Request, *, reset: bool = False) -> None:
+    """Close the connection without finishing the body, once what was written has left;
+    with ``reset``, abortively (SO_LINGER 0: the kernel sends an RST, not a FIN)."""
     transport = request.transport
     if transport is None:
         return
     deadline = time.monotonic() + ABORT_FLUSH_TIMEOUT_SECONDS
     while transport.get_write_buffer_size() > 0 and time.monotonic() < deadline:
         await asyncio.sleep(0.005)
+    sock = transport.get_extra_info("socket")
+    if reset and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
 
 
@@ -402,6 +439,12 @@ class OriginProcess:
         assert self._workdir is not None, "the origin is not started"
         return self._workdir / "origin.log"
 
+    def command(self, ready: Path) -> list[str]:
+        """The child's command line (a subclass runs another server with the same control
+        endpoints and ready file this way)."""
+        return [sys.executable, "-m", "tests.peering.origin_proc", "--root", str(self.root),
+                "--ready-file", str(ready)]  # fmt: skip
+
     def start(self, timeout: float = 15.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("the origin is already running")
@@ -409,15 +452,7 @@ class OriginProcess:
         ready = self._workdir / "ready"
         with open(self.log_path, "wb") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.peering.origin_proc",
-                    "--root",
-                    str(self.root),
-                    "--ready-file",
-                    str(ready),
-                ],
+                self.command(ready),
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=out,

@@ -32,6 +32,8 @@ from tests.appliance import (
     make_tls,
     new_key,
     parse_head,
+    parse_responses,
+    raw_request,
     write_tree,
 )
 from tests.peering.origin_proc import OriginProcess
@@ -342,6 +344,13 @@ def test_peer_endpoints_need_the_site_key(site: Site) -> None:
     assert doc["kind"] == "full" and doc["appliance"] == "b" and doc["count"] >= 1
     since = f"{doc['epoch']}:{doc['generation']}"
     assert fetch(host, port, SUMMARY_PATH, {PEER_HEADER: good, SINCE_HEADER: since})[0] == 304
+    # A generation that only looks numeric to str.isdigit (byte 0xB2, '²' in latin-1)
+    # gets the full summary, not an error.
+    odd = (
+        f"GET {SUMMARY_PATH} HTTP/1.1\r\nHost: oca.test\r\nConnection: close\r\n"
+        f"{PEER_HEADER}: {good}\r\n{SINCE_HEADER}: {doc['epoch']}:"
+    ).encode() + b"\xb2\r\n\r\n"
+    assert next(iter(parse_responses(raw_request(host, port, odd))))[0] == 200
     # A signature covers one path: it does not open another object.
     other = sign_peer(bytes.fromhex(site.key), "a", "GET", "/x", int(time.time()) + 60)
     assert fetch(host, port, PEER_OBJ, {PEER_HEADER: other})[0] == 403

@@ -195,6 +195,20 @@ def test_access_log_does_not_record_tokens(app: Appliance) -> None:
 
     wait_until(logged, 5, "the signed request in the access log")
     assert token not in log.read_text()
+    # An absolute-form target is refused, and its token is hidden in the log all the same.
+    host, port = app.host_port
+    absolute = f"http://{host}:{port}{path}"
+    assert fetch(host, port, absolute)[0] == 400
+    wait_until(
+        lambda: any(r.get("path") == f"http://{host}:{port}/t/-{A_OBJ}" for r in logged_all(log)),
+        5,
+        "the absolute-form request in the access log",
+    )
+    assert token not in log.read_text()
+
+
+def logged_all(log: Path) -> list[dict[str, object]]:
+    return [orjson.loads(x) for x in log.read_bytes().splitlines() if x.strip()]
 
 
 # ---------------------------------------------------------------- rotation
