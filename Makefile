@@ -18,7 +18,7 @@ STAMP  := $(VENV)/.installed
 BROWSER := tests/browser
 BROWSER_STAMP := $(BROWSER)/node_modules/.installed
 
-.PHONY: demo test test-slow lint typecheck bench-serve system-deps browser-deps venv clean
+.PHONY: demo test test-slow lint typecheck bench-serve bench-load system-deps browser-deps venv clean
 
 # browser-deps: the player page serves dash.js from tests/browser/node_modules
 demo: venv browser-deps
@@ -39,6 +39,9 @@ typecheck: venv
 
 bench-serve: venv system-deps
 	$(BIN)/oca bench serve
+
+bench-load: venv system-deps
+	$(BIN)/oca bench load
 
 venv: $(STAMP)
 

@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -125,13 +126,19 @@ class SteeredPair:
 
 
 def disk_snapshot(app: Appliance) -> dict[str, tuple[int, int]]:
-    """relative path -> (size, mtime_ns) of every file on ``app``'s disks."""
+    """relative path -> (size, mtime_ns) of every file on ``app``'s disks, but the health
+    probe files the running appliance writes and removes under ``.oca`` meanwhile."""
     out = {}
     for tier, _n in app.tiers:
         for disk in app.disk_paths(tier):
             for p in sorted(disk.rglob("*")):
-                if p.is_file():
+                if p.parent.name == ".oca" and p.name.startswith("probe-"):
+                    continue
+                try:
                     st = p.stat()
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
                     out[str(p.relative_to(app.root))] = (st.st_size, st.st_mtime_ns)
     return out
 
