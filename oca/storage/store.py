@@ -941,7 +941,7 @@ class Store:
                 for s in staged:
                     dst = d.layout.object_file(s.path)
                     try:
-                        _ensure_dir(os.path.dirname(dst), dirs)
+                        _ensure_dir(os.path.dirname(dst), dirs, d.layout.objects)
                         os.rename(s.tmp, dst)
                     except OSError as exc:
                         if disk_failure_reason(exc, d.root) is not None:
@@ -1270,10 +1270,15 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def _ensure_dir(directory: str, fsync_dirs: set[str]) -> None:
-    """Create ``directory`` and missing parents, noting each parent whose entries changed."""
+def _ensure_dir(directory: str, fsync_dirs: set[str], top: str) -> None:
+    """Create ``directory`` and missing parents below ``top`` (the disk's ``objects``
+    directory), noting each parent whose entries changed. ``top`` itself is never
+    created: when it is missing the disk's filesystem went away, and the directory left
+    behind (a bare mount point on the system disk) must not get objects."""
     missing: list[str] = []
     while not os.path.isdir(directory):
+        if directory == top or len(directory) <= len(top):
+            raise FileNotFoundError(errno.ENOENT, "the disk's objects directory is gone", top)
         missing.append(directory)
         directory = os.path.dirname(directory)
     for d in reversed(missing):

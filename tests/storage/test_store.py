@@ -482,3 +482,22 @@ def test_adopt_file_copies_and_verifies_from_elsewhere(store: Store, src: Path) 
     with pytest.raises(IntegrityError):
         store.adopt_file("/a/c.m4s", source, sha256="0" * 64)
     assert store.lookup("/a/c.m4s") is None
+
+
+def test_commit_never_recreates_the_objects_directory_of_a_vanished_disk(tmp_path: Path) -> None:
+    """The directory a lost mount leaves behind gets no ``objects`` tree: placing an
+    object there fails with ENOENT (which fails the disk), and creates nothing."""
+    from oca.storage.store import _ensure_dir
+
+    root = tmp_path / "ssd0"
+    root.mkdir()  # the bare mount point: the filesystem with objects/ and .oca/ is gone
+    top = str(root / "objects")
+    dirs: set[str] = set()
+    with pytest.raises(FileNotFoundError):
+        _ensure_dir(str(root / "objects" / "titles" / "a" / "v1"), dirs, top)
+    assert os.listdir(root) == [] and dirs == set()
+    # On a disk that is there, the missing parents below objects/ are made and noted.
+    (root / "objects").mkdir()
+    _ensure_dir(str(root / "objects" / "titles" / "a"), dirs, top)
+    assert (root / "objects" / "titles" / "a").is_dir()
+    assert dirs == {top, str(root / "objects" / "titles")}
