@@ -12,12 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from oca.config import load_config
 from oca.storage.store import Store
 from tests.fill.origin import Origin
 from tests.fill.test_fill_live import expected, filler, make_objects, write_manifest
 
-KILLS = 50
+KILLS = 20  # the default run; the soak variant kills 50 times
+SOAK_KILLS = 50
 
 
 def check_store(config: Path, want: dict[str, str]) -> int:
@@ -34,6 +37,15 @@ def check_store(config: Path, want: dict[str, str]) -> int:
 
 
 def test_sigkill_at_random_points_never_leaves_a_bad_object(tmp_path: Path) -> None:
+    sigkill_fills(tmp_path, KILLS)
+
+
+@pytest.mark.slow
+def test_soak_sigkill_at_random_points(tmp_path: Path) -> None:
+    sigkill_fills(tmp_path, SOAK_KILLS)
+
+
+def sigkill_fills(tmp_path: Path, kills: int) -> None:
     rnd = random.Random(20261121)
     objects = make_objects(16, 1 << 20)
     want = expected(objects)
@@ -42,7 +54,7 @@ def test_sigkill_at_random_points_never_leaves_a_bad_object(tmp_path: Path) -> N
         app = filler(tmp_path / "a", manifest, rate_bits=48_000_000)
         cmd = [sys.executable, "-m", "oca", "fill", "-c", str(app.config_path), "--now"]
         complete_cycles = 0
-        for _ in range(KILLS):
+        for _ in range(kills):
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(rnd.uniform(0.15, 1.6))
             proc.send_signal(signal.SIGKILL)
@@ -65,4 +77,4 @@ def test_sigkill_at_random_points_never_leaves_a_bad_object(tmp_path: Path) -> N
         for disk in app.disk_paths(tier):
             parts = disk / ".oca" / "fill"
             assert not parts.exists() or not os.listdir(parts)
-    print(f"{KILLS} kills, {complete_cycles} complete fills between them")
+    print(f"{kills} kills, {complete_cycles} complete fills between them")

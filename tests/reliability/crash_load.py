@@ -36,6 +36,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tests.appliance import parse_head
+
 Span = tuple[int, int]  # first, last (inclusive)
 
 REFUSED_STATUSES = frozenset({502, 503, 504})
@@ -157,16 +159,6 @@ def make_ask(size: int, rng: random.Random) -> Ask:
     return Ask("multi", f"bytes={value}", tuple(spans))
 
 
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return status, headers
-
-
 class _Conn:
     """One keep-alive connection; ``exchange`` returns (status, headers, body, complete)."""
 
@@ -192,7 +184,7 @@ class _Conn:
             self.buf += chunk
         head, _, body = self.buf.partition(b"\r\n\r\n")
         self.buf = b""
-        status, headers = _parse_head(head)
+        status, headers = parse_head(head)
         if "content-length" not in headers:
             raise WrongAnswer(f"{status} without Content-Length")
         n = int(headers["content-length"])
@@ -281,7 +273,7 @@ def _verify_multipart(src: bytes, ask: Ask, boundary: bytes, body: bytes,
         end = body.find(b"\r\n\r\n", pos)
         if end < 0:
             break  # cut inside the part's header
-        _, part_headers = _parse_head(b"HTTP/1.1 206 x" + body[pos:end])
+        _, part_headers = parse_head(b"HTTP/1.1 206 x" + body[pos:end])
         first, last = _content_range(part_headers.get("content-range", ""), size)
         if not _inside((first, last), ask.spans):
             raise WrongAnswer(f"part {first}-{last} was not asked for ({ask.header})")
