@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +16,8 @@ import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from steering.files import write_atomic
 
 _COUNTERS: dict[str, tuple[str, str, str]] = {
     "bytes": ("oca_fill_bytes", "source", "Bytes received by the fill, by source (peer, origin)."),
@@ -89,16 +90,7 @@ class FillMetrics(Collector):
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """:func:`steering.files.write_atomic` (temp file, fsync, rename, fsync of the
+    directory), creating the directory first."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_atomic(path, data, prefix=".tmp-")
